@@ -1,0 +1,97 @@
+#include "kernels/ops.h"
+
+#include <cmath>
+#include <vector>
+
+#include "core/cpu.h"
+
+namespace merlin {
+
+void rms_norm(const float* x, const float* w, float* out, int64_t n, float eps) {
+  float ss = 0;
+  for (int64_t i = 0; i < n; ++i) ss += x[i] * x[i];
+  const float r = 1.0f / std::sqrt(ss / static_cast<float>(n) + eps);
+  for (int64_t i = 0; i < n; ++i) out[i] = w[i] * (x[i] * r);
+}
+
+void rope_rotate_half(float* v, const float* cs, int64_t d, int64_t n_heads) {
+  const int64_t h = d / 2;
+  const float* c = cs;
+  const float* s = cs + h;
+  for (int64_t hd = 0; hd < n_heads; ++hd) {
+    float* p = v + hd * d;
+    for (int64_t i = 0; i < h; ++i) {
+      float x0 = p[i], x1 = p[i + h];
+      p[i] = x0 * c[i] - x1 * s[i];
+      p[i + h] = x1 * c[i] + x0 * s[i];
+    }
+  }
+}
+
+void swiglu(float* g, const float* u, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) g[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
+}
+
+void add_inplace(float* y, const float* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] += x[i];
+}
+
+// Plain attention for one token and one kv head group, used by both attention_ref and the
+// portable path of attention().
+static void attend_one(const AttentionArgs& a, int64_t t, int32_t kvh, float* scores) {
+  const int32_t d = a.head_dim, group = a.n_head / a.n_head_kv;
+  const int64_t n_keys = a.n_past + t + 1;
+  const int64_t row = static_cast<int64_t>(a.n_head_kv) * d;
+  for (int32_t g = 0; g < group; ++g) {
+    const int32_t h = kvh * group + g;
+    const float* q = a.q + (t * a.n_head + h) * d;
+    float mx = -INFINITY;
+    for (int64_t j = 0; j < n_keys; ++j) {
+      const float* k = a.k + (static_cast<int64_t>(a.block_table[j / a.block_size]) * a.block_size +
+                              j % a.block_size) * row + kvh * d;
+      float s = 0;
+      for (int32_t i = 0; i < d; ++i) s += q[i] * k[i];
+      s *= a.scale;
+      scores[j] = s;
+      mx = std::max(mx, s);
+    }
+    float sum = 0;
+    for (int64_t j = 0; j < n_keys; ++j) {
+      scores[j] = std::exp(scores[j] - mx);
+      sum += scores[j];
+    }
+    float* o = a.out + (t * a.n_head + h) * d;
+    for (int32_t i = 0; i < d; ++i) o[i] = 0;
+    for (int64_t j = 0; j < n_keys; ++j) {
+      const float* v = a.v + (static_cast<int64_t>(a.block_table[j / a.block_size]) * a.block_size +
+                              j % a.block_size) * row + kvh * d;
+      const float p = scores[j] / sum;
+      for (int32_t i = 0; i < d; ++i) o[i] += p * v[i];
+    }
+  }
+}
+
+void attention_ref(const AttentionArgs& a) {
+  std::vector<float> scores(static_cast<size_t>(a.n_past + a.n_tokens));
+  for (int64_t t = 0; t < a.n_tokens; ++t)
+    for (int32_t kvh = 0; kvh < a.n_head_kv; ++kvh) attend_one(a, t, kvh, scores.data());
+}
+
+void attention(ThreadPool& pool, const AttentionArgs& a) {
+  const bool avx512 = cpu_level() == CpuLevel::kAvx512 && a.head_dim % 16 == 0 &&
+                      a.head_dim <= 256 && a.n_head / a.n_head_kv <= 16;
+  const int64_t n_work = static_cast<int64_t>(a.n_tokens) * a.n_head_kv;
+  const size_t n_scores = static_cast<size_t>(a.n_past + a.n_tokens) * (a.n_head / a.n_head_kv);
+  // Later tokens attend to more keys: interleave work items so threads get equal shares.
+  pool.run([&](int ith, int nth) {
+    std::vector<float> scores(n_scores);
+    for (int64_t w = ith; w < n_work; w += nth) {
+      const int64_t t = w / a.n_head_kv;
+      const int32_t kvh = static_cast<int32_t>(w % a.n_head_kv);
+      if (avx512) detail::attention_avx512(a, t, kvh, scores.data());
+      else attend_one(a, t, kvh, scores.data());
+    }
+  });
+}
+
+}  // namespace merlin

@@ -1,0 +1,37 @@
+// Small element-wise and attention kernels of the Llama forward pass. Each has a plain version;
+// attention also has an AVX-512 version (attention_avx512.cc) tested against it.
+#pragma once
+#include <cstdint>
+
+#include "core/thread_pool.h"
+
+namespace merlin {
+
+// out[i] = x[i] / sqrt(mean(x^2) + eps) * w[i]  (HF LlamaRMSNorm, f32 throughout)
+void rms_norm(const float* x, const float* w, float* out, int64_t n, float eps);
+// HF rotate-half RoPE (not GPT-J interleaved): pairs (i, i + d/2) rotated by pos * inv_freq[i].
+// cs holds cos then sin for each of the d/2 frequencies of this token's position.
+void rope_rotate_half(float* v, const float* cos_sin, int64_t head_dim, int64_t n_heads);
+// gate[i] = silu(gate[i]) * up[i]
+void swiglu(float* gate, const float* up, int64_t n);
+void add_inplace(float* y, const float* x, int64_t n);
+
+// Causal attention of one sequence's new tokens over its paged KV cache.
+struct AttentionArgs {
+  const float* q = nullptr;         // [n_tokens, n_head, head_dim]
+  float* out = nullptr;             // [n_tokens, n_head, head_dim]
+  int32_t n_tokens = 0, n_head = 0, n_head_kv = 0, head_dim = 0;
+  int32_t n_past = 0;               // token t is at position n_past + t and sees keys 0..n_past+t
+  const float* k = nullptr;         // layer's key storage: [n_blocks][block_size][n_head_kv][head_dim]
+  const float* v = nullptr;         // same layout for values
+  const int32_t* block_table = nullptr;
+  int32_t block_size = 0;
+  float scale = 0;                  // 1/sqrt(head_dim)
+};
+void attention(ThreadPool& pool, const AttentionArgs& a);
+void attention_ref(const AttentionArgs& a);
+namespace detail {
+void attention_avx512(const AttentionArgs& a, int64_t t, int32_t kvh, float* scores);
+}
+
+}  // namespace merlin
