@@ -90,6 +90,7 @@ class IncrementalDetokenizer {
   const Tokenizer& tok_;
   bool skip_special_;
   std::string pending_;
+  bool started_ = false;  // a non-special piece was emitted (SentencePiece prefix handling)
 };
 
 // Length of the longest prefix of s that is complete, valid UTF-8.
