@@ -218,23 +218,35 @@ Ids TokenizerImpl::encode(std::string_view text, bool parse_special, bool add_bo
       ++i;
       continue;
     }
-    if (i > seg) encode_fragment(text.substr(seg, i - seg), first, out);
+    if (i > seg) encode_fragment(text.substr(seg, i - seg), first, seg == 0, out);
     out.push_back(hit->id);
     first = true;
     i += hit->text.size();
     seg = i;
   }
-  if (seg < text.size()) encode_fragment(text.substr(seg), first, out);
+  if (seg < text.size()) encode_fragment(text.substr(seg), first, seg == 0, out);
   return out;
 }
 
-void TokenizerImpl::encode_fragment(std::string_view text, bool first, Ids& out) const {
+void TokenizerImpl::encode_fragment(std::string_view text, bool first, bool at_start, Ids& out) const {
   if (info_.model == TokenizerModel::kSentencePieceBpe) {
     std::string s;
     s.reserve(text.size() + 8);
-    if (info_.add_space_prefix && first) s += ' ';
+    if (info_.add_space_prefix && first && (at_start || !opt_.prefix_only_at_start)) s += ' ';
     s.append(text);
-    spm_fragment(replace_all(s, " ", kSpmSpace), out);
+    const std::string escaped = replace_all(s, " ", kSpmSpace);
+    if (!opt_.split_on_space) {
+      spm_fragment(escaped, out);
+      return;
+    }
+    // Each word starts at a "▁" (MergedWithNext), so merges never cross a space.
+    size_t start = 0;
+    while (start < escaped.size()) {
+      size_t next = escaped.find(kSpmSpace, start + 1);
+      if (next == std::string::npos) next = escaped.size();
+      spm_fragment(std::string_view(escaped).substr(start, next - start), out);
+      start = next;
+    }
     return;
   }
   std::string prefixed;
@@ -488,6 +500,10 @@ Result<std::shared_ptr<const Tokenizer>> load_hf(const std::string& dir) {
   if (spm_style) {
     v.model = TokenizerModel::kSentencePieceBpe;
     opt.spm_use_ranks = true;
+    opt.prefix_only_at_start = pre_dump.find("\"prepend_scheme\":\"first\"") != std::string::npos;
+    if (j.contains("pre_tokenizer") && j["pre_tokenizer"].is_object() &&
+        j["pre_tokenizer"].value("type", "") == "Metaspace")
+      opt.split_on_space = j["pre_tokenizer"].value("split", true);
     v.add_space_prefix = norm_dump.find("Prepend") != std::string::npos ||
                          (pre_dump.find("Metaspace") != std::string::npos &&
                           pre_dump.find("\"never\"") == std::string::npos &&

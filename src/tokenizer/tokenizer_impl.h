@@ -19,6 +19,11 @@ struct TokenizerOptions {
   bool add_prefix_space = false;       // HF ByteLevel(add_prefix_space): " " before the text
   // SPM model: merge by HF merge ranks (tokenizer.json) instead of by scores (GGUF).
   bool spm_use_ranks = false;
+  // SPM model: add the space prefix only at the very start of the text, not after special
+  // tokens (HF Metaspace with prepend_scheme "first").
+  bool prefix_only_at_start = false;
+  // SPM model: merge within words that each start at a "▁" (HF Metaspace with split true).
+  bool split_on_space = false;
   std::string source;                  // for error messages ("…/tokenizer.json", "vocab")
 };
 
@@ -42,7 +47,7 @@ class TokenizerImpl final : public Tokenizer {
 
   // Encodes text that holds no special tokens. `first` is true for the first text fragment
   // or one right after a special token (SentencePiece adds its space prefix there).
-  void encode_fragment(std::string_view text, bool first, Ids& out) const;
+  void encode_fragment(std::string_view text, bool first, bool at_start, Ids& out) const;
   void bpe_word(std::string_view bytes, Ids& out) const;         // bpe.cc
   void spm_fragment(std::string_view text, Ids& out) const;      // spm.cc
   void spm_byte_fallback(std::string_view bytes, Ids& out) const;
