@@ -4,6 +4,7 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <thread>
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
@@ -95,6 +96,18 @@ TEST(TokenizerHf, HeldoutExactAndFast) {
   EXPECT_EQ(first_diff, got.size()) << "first mismatch at index " << first_diff;
   EXPECT_EQ(t->decode(want), text);
   EXPECT_LT(secs, 0.5) << "encoding " << text.size() << " bytes took " << secs << " s";
+}
+
+TEST(TokenizerHf, ConcurrentEncodeIsConsistent) {
+  auto t = tiny();
+  ASSERT_TRUE(t);
+  const std::string text = reference()["tokenizer"]["heldout_text"];
+  const Ids want = reference()["tokenizer"]["heldout_ids"].get<Ids>();
+  std::vector<Ids> got(4);
+  std::vector<std::thread> th;
+  for (int k = 0; k < 4; ++k) th.emplace_back([&, k] { got[k] = t->encode(text); });
+  for (auto& x : th) x.join();
+  for (const auto& g : got) EXPECT_TRUE(g == want);
 }
 
 TEST(TokenizerHf, ParseSpecialOff) {
