@@ -10,9 +10,16 @@
 
 namespace merlin {
 
+// kPanel32: a matrix repacked for the matmul kernels (kernels/matmul.h): output columns in
+// panels of 32, each panel stored k-major so one cache line feeds 16 or 32 outputs. bf16 panels
+// interleave pairs of k ([k/2][32][2]) for VDPBF16PS; f32 panels are [k][32]. Rows are padded
+// to a multiple of 32 with zeros.
+enum class Layout : uint8_t { kRowMajor, kPanel32 };
+
 struct Tensor {
   const void* data = nullptr;
   DType dtype = DType::kInvalid;
+  Layout layout = Layout::kRowMajor;
   std::vector<int64_t> shape;  // outermost first
   std::string name;
 
@@ -25,7 +32,9 @@ struct Tensor {
   int64_t rows() const { return shape.size() >= 2 ? numel() / shape.back() : 1; }
   int64_t cols() const { return shape.empty() ? 0 : shape.back(); }
   size_t row_stride_bytes() const { return row_bytes(dtype, cols()); }
-  size_t nbytes() const { return static_cast<size_t>(rows()) * row_stride_bytes(); }
+  int64_t stored_rows() const { return layout == Layout::kPanel32 ? (rows() + 31) / 32 * 32 : rows(); }
+  size_t nbytes() const { return static_cast<size_t>(stored_rows()) * row_stride_bytes(); }
+  // Row r of a row-major tensor (not meaningful for kPanel32; use dequantize_row).
   const uint8_t* row(int64_t r) const {
     return static_cast<const uint8_t*>(data) + static_cast<size_t>(r) * row_stride_bytes();
   }

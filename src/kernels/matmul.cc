@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cassert>
+#include <cmath>
 #include <vector>
 
 #include "core/cpu.h"
@@ -33,8 +34,59 @@ void dequantize_row(DType t, const void* src, float* out, int64_t n) {
   }
 }
 
+// Element (r, t) of a packed matrix.
+static float packed_at(const Tensor& w, int64_t r, int64_t t) {
+  const int64_t k = w.cols(), p = r / 32, c = r % 32;
+  if (w.dtype == DType::BF16) {
+    auto* base = static_cast<const uint16_t*>(w.data) + p * 32 * k;
+    return bf16_to_f32(base[(t / 2) * 64 + c * 2 + (t % 2)]);
+  }
+  auto* base = static_cast<const float*>(w.data) + p * 32 * k;
+  return base[t * 32 + c];
+}
+
 void dequantize_row(const Tensor& w, int64_t r, float* out) {
+  if (w.layout == Layout::kPanel32) {
+    for (int64_t t = 0; t < w.cols(); ++t) out[t] = packed_at(w, r, t);
+    return;
+  }
   dequantize_row(w.dtype, w.row(r), out, w.cols());
+}
+
+bool can_pack(const Tensor& w) {
+  return w.layout == Layout::kRowMajor && w.shape.size() == 2 && w.cols() % 2 == 0 &&
+         (w.dtype == DType::F32 || w.dtype == DType::BF16 || w.dtype == DType::F16);
+}
+
+size_t packed_bytes(const Tensor& w) {
+  const size_t rows = static_cast<size_t>((w.rows() + 31) / 32 * 32);
+  return rows * static_cast<size_t>(w.cols()) * (w.dtype == DType::BF16 ? 2 : 4);
+}
+
+Tensor pack_matrix(ThreadPool& pool, const Tensor& w, void* dst) {
+  Tensor o = w;
+  o.layout = Layout::kPanel32;
+  o.dtype = w.dtype == DType::BF16 ? DType::BF16 : DType::F32;
+  o.data = dst;
+  const int64_t n = w.rows(), k = w.cols(), n_panels = (n + 31) / 32;
+  pool.parallel_for(n_panels, 1, [&](int64_t p0, int64_t p1) {
+    std::vector<float> row(static_cast<size_t>(k));
+    for (int64_t p = p0; p < p1; ++p) {
+      for (int64_t c = 0; c < 32; ++c) {
+        const int64_t r = p * 32 + c;
+        if (w.dtype == DType::BF16) {
+          auto* out = static_cast<uint16_t*>(dst) + p * 32 * k;
+          const auto* src = reinterpret_cast<const uint16_t*>(r < n ? w.row(r) : nullptr);
+          for (int64_t t = 0; t < k; ++t) out[(t / 2) * 64 + c * 2 + (t % 2)] = src ? src[t] : 0;
+        } else {
+          auto* out = static_cast<float*>(dst) + p * 32 * k;
+          if (r < n) dequantize_row(w.dtype, w.row(r), row.data(), k);
+          for (int64_t t = 0; t < k; ++t) out[t * 32 + c] = r < n ? row[t] : 0.0f;
+        }
+      }
+    }
+  });
+  return o;
 }
 
 void matmul_ref(const MatmulArgs& a) {
@@ -50,15 +102,15 @@ void matmul_ref(const MatmulArgs& a) {
         for (int64_t t = 0; t < k; ++t) xr[t] = bf16_to_f32(f32_to_bf16(x[t]));
         x = xr.data();
       }
-      float s = 0;
-      for (int64_t t = 0; t < k; ++t) s += x[t] * row[t];
-      a.y[i * a.ldy + j] = s;
+      double s = 0;
+      for (int64_t t = 0; t < k; ++t) s += static_cast<double>(x[t]) * row[t];
+      a.y[i * a.ldy + j] = static_cast<float>(s);
     }
   }
 }
 
 namespace detail {
-// Portable path: dequantize a row at a time, then plain dot products the compiler vectorizes.
+// Portable row-major path: dequantize a row at a time, then dot products.
 void gemm_portable(const MatmulArgs& a, int64_t n0, int64_t n1) {
   const Tensor& w = *a.w;
   const int64_t k = w.cols();
@@ -80,43 +132,63 @@ void gemm_portable(const MatmulArgs& a, int64_t n0, int64_t n1) {
     }
   }
 }
+
+// Portable packed path: one sequential chain per output (same order as the AVX-512 kernel,
+// without its fused multiply-adds).
+void gemm_panel_portable(const MatmulArgs& a, int64_t p0, int64_t p1) {
+  const Tensor& w = *a.w;
+  const int64_t n = w.rows(), k = w.cols();
+  float acc[32];
+  for (int64_t p = p0; p < p1; ++p) {
+    const int64_t nb = std::min<int64_t>(32, n - p * 32);
+    for (int64_t i = 0; i < a.m; ++i) {
+      const float* x = a.x + i * a.ldx;
+      std::fill(acc, acc + 32, 0.0f);
+      if (w.dtype == DType::BF16) {
+        auto* base = static_cast<const uint16_t*>(w.data) + p * 32 * k;
+        for (int64_t t = 0; t < k; t += 2) {
+          const uint16_t* q = base + (t / 2) * 64;
+          for (int c = 0; c < 32; ++c) acc[c] += x[t] * bf16_to_f32(q[2 * c]);
+          for (int c = 0; c < 32; ++c) acc[c] += x[t + 1] * bf16_to_f32(q[2 * c + 1]);
+        }
+      } else {
+        auto* base = static_cast<const float*>(w.data) + p * 32 * k;
+        for (int64_t t = 0; t < k; ++t)
+          for (int c = 0; c < 32; ++c) acc[c] += x[t] * base[t * 32 + c];
+      }
+      for (int64_t c = 0; c < nb; ++c) a.y[i * a.ldy + p * 32 + c] = acc[c];
+    }
+  }
+}
 }  // namespace detail
 
 void matmul(ThreadPool& pool, const MatmulArgs& a) {
   const Tensor& w = *a.w;
   const int64_t n = w.rows();
   const bool avx512 = cpu_level() == CpuLevel::kAvx512;
-  const bool plain = w.dtype == DType::F32 || w.dtype == DType::BF16 || w.dtype == DType::F16;
   MatmulArgs args = a;
-  if (!avx512 && args.precision == Precision::kBF16) args.precision = Precision::kF32;
+  if (!avx512 || w.dtype != DType::BF16) args.precision = Precision::kF32;
 
-  if (!plain) {
-    // Quantized weights: the quant kernels quantize activations themselves.
-    pool.parallel_for(n, 16, [&](int64_t n0, int64_t n1) {
-      if (!quant_matmul(args, n0, n1)) detail::gemm_portable(args, n0, n1);
-    });
-    return;
-  }
-  if (!avx512) {
-    pool.parallel_for(n, 16, [&](int64_t n0, int64_t n1) { detail::gemm_portable(args, n0, n1); });
-    return;
-  }
-  if (args.m < 8) {
-    pool.parallel_for(n, 16, [&](int64_t n0, int64_t n1) { detail::gemv_avx512(args, n0, n1); });
-    return;
-  }
-  // GEMM: activations converted to bf16 once when that precision is asked for.
-  std::vector<uint16_t> xb;
-  if (args.precision == Precision::kBF16) {
-    const int64_t k = w.cols();
-    xb.resize(static_cast<size_t>(args.m * k));
-    pool.parallel_for(args.m, 1, [&](int64_t m0, int64_t m1) {
-      for (int64_t i = m0; i < m1; ++i)
+  if (w.layout == Layout::kPanel32) {
+    const int64_t n_panels = (n + 31) / 32;
+    std::vector<uint16_t> xb;
+    if (args.precision == Precision::kBF16) {
+      // Activations rounded to bf16 once per call.
+      const int64_t k = w.cols();
+      xb.resize(static_cast<size_t>(args.m * k));
+      for (int64_t i = 0; i < args.m; ++i)
         for (int64_t t = 0; t < k; ++t) xb[i * k + t] = f32_to_bf16(args.x[i * args.ldx + t]);
+    }
+    pool.parallel_for(n_panels, 1, [&](int64_t p0, int64_t p1) {
+      if (avx512) detail::gemm_panel_avx512(args, p0, p1, xb.empty() ? nullptr : xb.data());
+      else detail::gemm_panel_portable(args, p0, p1);
     });
+    return;
   }
-  pool.parallel_for(n, 32, [&](int64_t n0, int64_t n1) {
-    detail::gemm_avx512(args, n0, n1, xb.empty() ? nullptr : xb.data());
+  // Row-major: quantized weights (their kernels quantize activations themselves) and
+  // unpacked plain matrices.
+  pool.parallel_for(n, 16, [&](int64_t n0, int64_t n1) {
+    if (!quant_matmul(args, n0, n1)) detail::gemm_portable(args, n0, n1);
   });
 }
 

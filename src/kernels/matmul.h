@@ -34,10 +34,18 @@ void dequantize_row(DType t, const void* src, float* out, int64_t n);
 
 bool matmul_supported(DType t);
 
+// Repacking into Layout::kPanel32 (done once at load for f32/f16/bf16 matrices; f16 becomes
+// f32). In a packed matrix every output is one sequential f32 FMA chain over k, whatever the
+// number of rows m: results are identical whether a token is computed alone or inside a batch
+// (continuous batching and speculative verification rely on that).
+bool can_pack(const Tensor& w);
+size_t packed_bytes(const Tensor& w);
+Tensor pack_matrix(ThreadPool& pool, const Tensor& w, void* dst);  // dst: packed_bytes, 64-aligned
+
 namespace detail {
-// AVX-512 kernels (matmul_avx512.cc). `n0..n1` is the slice of output columns to compute.
-void gemv_avx512(const MatmulArgs& a, int64_t n0, int64_t n1);
-void gemm_avx512(const MatmulArgs& a, int64_t n0, int64_t n1, const uint16_t* x_bf16);
+// `p0..p1`: the slice of 32-column panels to compute.
+void gemm_panel_avx512(const MatmulArgs& a, int64_t p0, int64_t p1, const uint16_t* x_bf16);
+void gemm_panel_portable(const MatmulArgs& a, int64_t p0, int64_t p1);
 void gemm_portable(const MatmulArgs& a, int64_t n0, int64_t n1);
 }  // namespace detail
 

@@ -44,6 +44,18 @@ Tensor to_f32_owned(ModelWeights& w, const Tensor& t) {
 
 }  // namespace
 
+void pack_weights(ModelWeights& w) {
+  ThreadPool pool(default_thread_count());
+  auto pack = [&](Tensor& t) {
+    if (!can_pack(t)) return;
+    t = pack_matrix(pool, t, w.alloc(packed_bytes(t)));
+  };
+  for (auto& L : w.layers)
+    for (Tensor* t : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down}) pack(*t);
+  // A tied output head gets its own packed copy; the embedding stays row-major for lookups.
+  pack(w.output);
+}
+
 Result<std::shared_ptr<ModelWeights>> load_hf_weights(const std::string& dir) {
   auto w = std::make_shared<ModelWeights>();
   const std::string cfg_path = (fs::path(dir) / "config.json").string();
@@ -135,6 +147,7 @@ Result<std::shared_ptr<ModelWeights>> load_hf_weights(const std::string& dir) {
     GET(p + "mlp.down_proj.weight", (std::vector<int64_t>{E, c.n_ff}), L.w_down);
   }
 #undef GET
+  pack_weights(*w);
   return w;
 }
 

@@ -64,6 +64,8 @@ struct LoadedModel {
 // Errors name the file and the problem.
 Result<LoadedModel> load_model(const std::string& path);
 Result<std::shared_ptr<ModelWeights>> load_hf_weights(const std::string& dir);
+// Repacks f32/f16/bf16 matrices for the matmul kernels (Layout::kPanel32). Loaders call it.
+void pack_weights(ModelWeights& w);
 // GGUF route (model/gguf_loader.cc).
 Result<LoadedModel> load_gguf_model(const std::string& path);
 
