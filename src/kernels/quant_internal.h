@@ -70,3 +70,12 @@ VecDotFn vec_dot_avx2(DType t);
 VecDotFn vec_dot_avx512(DType t);
 
 }  // namespace merlin::quant
+
+namespace merlin::quant {
+// Scalar reference dot for weight type t (nullptr when t has none).
+VecDotFn vec_dot_scalar(DType t);
+// The dot for t at the current cpu_level() (SIMD when available, else scalar).
+VecDotFn vec_dot_best(DType t);
+// Activation block type a weight type is multiplied with: Q8_K for K-quants, else Q8_0.
+DType vec_dot_act_type(DType t);
+}  // namespace merlin::quant
