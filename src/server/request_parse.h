@@ -1,0 +1,111 @@
+// Request parsing for the HTTP server, separated from HTTP so that it can be unit tested and
+// fuzzed: pure functions from a request body (or its JSON) to a typed request, or an ApiError
+// with the status and message the imitated API would give. Nothing here tokenizes or touches
+// the engine; the server turns these into GenerationRequests.
+//
+// Policy: every field the API defines is either honoured, or accepted only at its default /
+// a no-op value; anything else (unknown fields, unsupported features with non-default values)
+// is a 400 naming the field. Nothing is silently ignored.
+#pragma once
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "engine/sampler.h"
+#include "server/api_error.h"
+
+namespace merlin::server {
+
+// What parsing needs to know about the served model.
+struct ParseContext {
+  std::string model_name;  // requests naming another model get 404
+  int32_t n_vocab = 0;     // token ids must be below this
+};
+
+// Sampling and stopping fields shared by the generation endpoints.
+struct GenFields {
+  SamplingParams sampling;
+  std::optional<int32_t> max_tokens;  // nullopt: endpoint default (completions 16, chat: rest of ctx)
+  std::vector<std::string> stop;
+  bool ignore_eos = false;            // extension (benchmarks)
+  std::string user;
+};
+
+struct CompletionPrompt {
+  std::optional<std::string> text;  // a string prompt, tokenized by the server
+  Ids ids;                          // or token ids
+};
+
+struct CompletionRequest {
+  std::string model;
+  std::vector<CompletionPrompt> prompts;  // a list of prompts is a batch: choices i*n + j
+  GenFields gen;
+  int32_t n = 1;
+  bool stream = false;
+  bool include_usage = false;
+  bool echo = false;
+  int32_t logprobs = -1;  // -1 none; k: chosen + top k (legacy format)
+};
+
+struct ChatMessage {
+  std::string role;
+  std::string content;
+  std::string name;  // optional; passed to the template
+};
+
+struct ChatRequest {
+  std::string model;
+  std::vector<ChatMessage> messages;
+  GenFields gen;
+  int32_t n = 1;
+  bool stream = false;
+  bool include_usage = false;
+  bool logprobs = false;
+  int32_t top_logprobs = 0;
+};
+
+struct MessagesRequest {  // Anthropic /v1/messages and /v1/messages/count_tokens
+  std::string model;
+  std::vector<ChatMessage> messages;  // the system prompt, if any, first with role "system"
+  // A final assistant message is a prefill: the answer continues it rather than starting a
+  // new turn, so it is kept out of `messages` and appended after the generation prompt.
+  std::optional<std::string> prefill;
+  GenFields gen;
+  bool stream = false;
+};
+
+struct TokenizeRequest {
+  std::string content;
+  bool add_special = false;
+  bool with_pieces = false;
+};
+
+struct DetokenizeRequest {
+  Ids tokens;
+};
+
+// The body as JSON: must be valid UTF-8 and a JSON object.
+ApiResult<nlohmann::json> parse_json_body(std::string_view body);
+
+ApiResult<CompletionRequest> parse_completion_request(const nlohmann::json& j, const ParseContext& ctx);
+ApiResult<ChatRequest> parse_chat_request(const nlohmann::json& j, const ParseContext& ctx);
+ApiResult<MessagesRequest> parse_messages_request(const nlohmann::json& j, const ParseContext& ctx,
+                                                  bool count_tokens_only = false);
+ApiResult<TokenizeRequest> parse_tokenize_request(const nlohmann::json& j);
+ApiResult<DetokenizeRequest> parse_detokenize_request(const nlohmann::json& j, const ParseContext& ctx);
+
+// Convenience for tests and the fuzzer: body -> request.
+template <class T, class F>
+ApiResult<T> parse_body_with(std::string_view body, F&& f) {
+  auto j = parse_json_body(body);
+  if (!j) return std::unexpected(j.error());
+  return f(*j);
+}
+
+bool valid_utf8(std::string_view s);
+
+}  // namespace merlin::server

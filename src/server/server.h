@@ -1,0 +1,49 @@
+// `merlin serve`: OpenAI- and Anthropic-compatible HTTP API over one Engine.
+//   OpenAI:    GET /v1/models, POST /v1/completions, POST /v1/chat/completions
+//   Anthropic: POST /v1/messages, POST /v1/messages/count_tokens
+//   Utility:   GET /health, POST /tokenize, POST /detokenize, GET /metrics
+// Request bodies are parsed by server/request_parse.h (pure, fuzzed); this file owns HTTP,
+// authentication, tokenization / chat templating and the streaming loop.
+#pragma once
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "core/status.h"
+#include "engine/engine.h"
+
+namespace merlin::server {
+
+struct ServerOptions {
+  std::string host = "127.0.0.1";   // loopback unless asked otherwise
+  int port = 8080;                  // 0: any free port (tests)
+  std::string api_key;              // empty: no authentication
+  size_t max_body_bytes = 8u << 20;
+  int http_threads = 0;             // 0: enough for every running sequence plus waiting ones
+  int read_timeout_s = 60;
+  int write_timeout_s = 60;
+};
+
+class HttpServer {
+ public:
+  // The engine must outlive the server. Parses the model's chat template once.
+  static Result<std::unique_ptr<HttpServer>> create(Engine& engine, ServerOptions opt);
+  ~HttpServer();
+
+  // Binds the socket; returns the port (useful with port 0).
+  Result<int> bind();
+  // Serves until stop(); call after bind().
+  void serve();
+  // Graceful shutdown from any thread: new generation requests get 503, in-flight ones end with
+  // a final error event (the engine is shut down), then the listener stops. Idempotent.
+  void stop();
+  bool stopping() const;
+
+ private:
+  HttpServer() = default;
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace merlin::server

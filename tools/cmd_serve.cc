@@ -1,0 +1,103 @@
+// `merlin serve`: OpenAI- and Anthropic-compatible HTTP server (src/server).
+#include <pthread.h>
+
+#include <csignal>
+#include <cstdio>
+#include <thread>
+
+#include <fmt/core.h>
+
+#include "command.h"
+#include "common.h"
+#include "core/log.h"
+#include "engine/engine.h"
+#include "server/server.h"
+
+namespace merlin::cli {
+namespace {
+
+struct ServeArgs {
+  std::string model;
+  std::string host = "127.0.0.1";
+  int port = 8080;
+  std::string api_key;
+  int parallel = 16;
+  int ctx = 0;
+  int threads = 0;
+  size_t max_body_bytes = 8u << 20;
+  int http_threads = 0;
+  bool no_prefix_cache = false;
+};
+
+int run_serve(const ServeArgs& a) {
+  // Signals are taken synchronously by this thread (sigwait), so every thread created from
+  // here on, the engine's and httplib's, must have them blocked.
+  sigset_t sigs;
+  sigemptyset(&sigs);
+  sigaddset(&sigs, SIGINT);
+  sigaddset(&sigs, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+  std::signal(SIGPIPE, SIG_IGN);  // a client that hangs up must not kill the server
+
+  auto model = load_or_report(a.model.empty() ? default_model_path() : a.model);
+  if (!model) return 1;
+  EngineOptions eo;
+  eo.n_threads = a.threads;
+  eo.max_running = a.parallel;
+  eo.ctx_size = a.ctx;
+  eo.prefix_cache = !a.no_prefix_cache;
+  auto engine = Engine::create(std::move(*model), eo);
+  if (!engine) {
+    fmt::print(stderr, "error: {}\n", engine.error().message);
+    return 1;
+  }
+  server::ServerOptions so;
+  so.host = a.host;
+  so.port = a.port;
+  so.api_key = a.api_key;
+  so.max_body_bytes = a.max_body_bytes;
+  so.http_threads = a.http_threads > 0 ? a.http_threads : std::max(64, 4 * a.parallel);
+  auto srv = server::HttpServer::create(**engine, so);
+  if (!srv) {
+    fmt::print(stderr, "error: {}\n", srv.error().message);
+    return 1;
+  }
+  auto port = (*srv)->bind();
+  if (!port) {
+    fmt::print(stderr, "error: {}\n", port.error().message);
+    return 1;
+  }
+  std::thread http([&] { (*srv)->serve(); });
+  fmt::print(stderr, "merlin serve: model {} listening on http://{}:{} (ctx {}, parallel {}{})\n",
+             (*engine)->model().name, a.host, *port, (*engine)->ctx_size(), a.parallel,
+             a.api_key.empty() ? "" : ", API key required");
+  std::fflush(stderr);
+
+  int sig = 0;
+  sigwait(&sigs, &sig);
+  fmt::print(stderr, "merlin serve: {} received, shutting down\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
+  (*srv)->stop();
+  http.join();
+  srv->reset();
+  engine->reset();
+  fmt::print(stderr, "merlin serve: stopped\n");
+  return 0;
+}
+
+const CommandRegistrar reg("serve", "OpenAI- and Anthropic-compatible HTTP server", [](CLI::App& app) {
+  auto a = std::make_shared<ServeArgs>();
+  app.add_option("-m,--model", a->model, "Model folder or .gguf (default: shipped tiny-coder-target)");
+  app.add_option("--host", a->host, "Address to bind (default loopback)");
+  app.add_option("--port", a->port, "Port (0: any free port)")->check(CLI::Range(0, 65535));
+  app.add_option("--api-key", a->api_key, "Require this key (Authorization: Bearer or x-api-key)");
+  app.add_option("--parallel", a->parallel, "Sequences decoded together")->check(CLI::Range(1, 4096));
+  app.add_option("--ctx", a->ctx, "Context size per sequence (0: model's)")->check(CLI::Range(0, 1 << 24));
+  app.add_option("--threads", a->threads, "Compute threads (0: all cores)")->check(CLI::Range(0, 4096));
+  app.add_option("--max-body-bytes", a->max_body_bytes, "Largest request body accepted (413 beyond)");
+  app.add_option("--http-threads", a->http_threads, "HTTP worker threads (0: max(64, 4 x parallel))");
+  app.add_flag("--no-prefix-cache", a->no_prefix_cache, "Disable prefix caching");
+  return [a] { return run_serve(*a); };
+});
+
+}  // namespace
+}  // namespace merlin::cli
