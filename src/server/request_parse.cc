@@ -241,7 +241,10 @@ auto guarded(F&& f) -> ApiResult<decltype(f())> {
     return std::unexpected(e.err);
   } catch (const json::exception& e) {
     // A conversion the checks above did not foresee: still the client's fault, not a crash.
-    return api_err(400, fmt::format("Invalid request: {}", e.what()));
+    std::string what = e.what();
+    if (!valid_utf8(what))
+      what = json::parse(json(what).dump(-1, ' ', false, json::error_handler_t::replace)).get<std::string>();
+    return api_err(400, fmt::format("Invalid request: {}", what));
   }
 }
 
@@ -286,6 +289,9 @@ ApiResult<json> parse_json_body(std::string_view body) {
       if (what.find("surrogate") != std::string::npos)
         return api_err(400, "The request body contains an invalid Unicode escape (unpaired surrogate), so a string "
                             "would not be valid UTF-8.");
+      // nlohmann quotes the bytes it last read, which can cut a character in two.
+      if (!valid_utf8(what))
+        what = json::parse(json(what).dump(-1, ' ', false, json::error_handler_t::replace)).get<std::string>();
       return api_err(400, fmt::format("We could not parse the JSON body of your request. ({})", what));
     } catch (...) {
     }
