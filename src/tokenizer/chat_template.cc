@@ -19,7 +19,7 @@ namespace {
 constexpr int kMaxExprDepth = 96;
 constexpr int kMaxStmtDepth = 96;
 constexpr int kMaxMacroDepth = 128;
-constexpr int64_t kMaxSteps = 20'000'000;
+constexpr int64_t kMaxSteps = 2'000'000;
 constexpr size_t kStackBudget = size_t(1) << 20;
 
 // ---------------------------------------------------------------------------------------------
@@ -571,8 +571,17 @@ bool contains(const Value& container, const Value& item, int line) {
   }
 }
 
+constexpr size_t kMaxString = size_t(16) << 20;
+
+Value checked_str(std::string s, bool safe, int line) {
+  if (s.size() > kMaxString) fail(line, "string longer than {} bytes", kMaxString);
+  Value v = Value::str(std::move(s));
+  v.safe = safe;
+  return v;
+}
+
 Value binary_op(const std::string& op, const Value& a, const Value& b, int line) {
-  if (op == "~") return Value::str(to_str(a) + to_str(b));
+  if (op == "~") return checked_str(to_str(a) + to_str(b), false, line);
   if (op == "==") return Value::boolean(equals(a, b));
   if (op == "!=") return Value::boolean(!equals(a, b));
   if (op == "in") return Value::boolean(contains(b, a, line));
@@ -589,12 +598,13 @@ Value binary_op(const std::string& op, const Value& a, const Value& b, int line)
     if (ints) return Value::integer(as_int(a) + as_int(b));
     if (nums) return Value::real(a.as_double() + b.as_double());
     if (a.type == Value::kString && b.type == Value::kString) {
-      if (a.safe) return Value::markup(a.s + (b.safe ? b.s : html_escape(b.s)));
-      if (b.safe) return Value::markup(html_escape(a.s) + b.s);
-      return Value::str(a.s + b.s);
+      if (a.safe) return checked_str(a.s + (b.safe ? b.s : html_escape(b.s)), true, line);
+      if (b.safe) return checked_str(html_escape(a.s) + b.s, true, line);
+      return checked_str(a.s + b.s, false, line);
     }
     if (a.type == Value::kList && b.type == Value::kList && !a.list->generator && !b.list->generator &&
         a.list->tuple == b.list->tuple) {
+      if (a.list->items.size() + b.list->items.size() > kMaxString / sizeof(Value)) fail(line, "list too long");
       std::vector<Value> v = a.list->items;
       v.insert(v.end(), b.list->items.begin(), b.list->items.end());
       return Value::make_list(std::move(v), a.list->tuple);
@@ -791,7 +801,12 @@ struct ForNode : Node {
   Body body, otherwise;
   void render(Ctx& c, std::string& out) const override {
     c.tick(line);
-    std::vector<Value> items = iterate(iter->eval(c), line);
+    Value seq = iter->eval(c);
+    // Lists are immutable in the sandbox, so loop over them in place instead of copying.
+    std::vector<Value> copied;
+    if (seq.type != Value::kList || seq.list->generator || cond) copied = iterate(seq, line);
+    std::vector<Value>& items = copied.empty() && seq.type == Value::kList && !seq.list->generator && !cond
+                                    ? seq.list->items : copied;
     auto frame = std::make_shared<Frame>();
     frame->parent = c.frame;
     auto saved = c.frame;
@@ -799,30 +814,41 @@ struct ForNode : Node {
     if (cond) {
       std::vector<Value> kept;
       for (auto& it : items) {
+        c.tick(line);
         assign(*frame, target, it, line);
         if (truthy(cond->eval(c))) kept.push_back(std::move(it));
       }
+      frame->vars.clear();
       items = std::move(kept);
     }
     const int64_t n = int64_t(items.size());
+    Value loop;
     for (int64_t i = 0; i < n; ++i) {
       c.tick(line);
+      // Jinja2 gives each iteration a fresh scope: a `set` in the body does not carry over to
+      // the next iteration (templates use namespace() for that).
+      frame->vars.clear();
       assign(*frame, target, items[size_t(i)], line);
-      Value loop = Value::make_dict();
+      // Reuse the loop object unless the body kept a reference to it.
+      if (loop.type != Value::kDict || loop.dict.use_count() != 1) {
+        loop = Value::make_dict();
+        for (const char* k : {"index", "index0", "revindex", "revindex0", "first", "last", "length", "depth", "depth0"})
+          loop.dict->items.emplace_back(k, Value());
+      }
       auto& d = loop.dict->items;
-      d.reserve(11);
-      d.emplace_back("index", Value::integer(i + 1));
-      d.emplace_back("index0", Value::integer(i));
-      d.emplace_back("revindex", Value::integer(n - i));
-      d.emplace_back("revindex0", Value::integer(n - i - 1));
-      d.emplace_back("first", Value::boolean(i == 0));
-      d.emplace_back("last", Value::boolean(i == n - 1));
-      d.emplace_back("length", Value::integer(n));
-      d.emplace_back("depth", Value::integer(1));
-      d.emplace_back("depth0", Value::integer(0));
+      d.resize(9);
+      d[0].second = Value::integer(i + 1);
+      d[1].second = Value::integer(i);
+      d[2].second = Value::integer(n - i);
+      d[3].second = Value::integer(n - i - 1);
+      d[4].second = Value::boolean(i == 0);
+      d[5].second = Value::boolean(i == n - 1);
+      d[6].second = Value::integer(n);
+      d[7].second = Value::integer(1);
+      d[8].second = Value::integer(0);
       if (i > 0) d.emplace_back("previtem", items[size_t(i - 1)]);
       if (i + 1 < n) d.emplace_back("nextitem", items[size_t(i + 1)]);
-      frame->set("loop", std::move(loop));
+      frame->vars.emplace_back("loop", loop);
       render_body(body, c, out);
       if (c.loop_ctl == 1) { c.loop_ctl = 0; break; }
       if (c.loop_ctl == 2) c.loop_ctl = 0;
@@ -947,7 +973,7 @@ Value invoke_macro(Ctx& c, const Callable& fn, const Args& a, int line, const Va
     if (def.defaults[i]) frame->set(def.params[i], def.defaults[i]->eval(c));
     else frame->set(def.params[i], Value::undefined(fmt::format("parameter '{}' was not provided", def.params[i])));
   }
-  frame->set("varargs", Value::make_list(std::move(varargs)));
+  frame->set("varargs", Value::make_list(std::move(varargs), true));
   frame->set("kwargs", std::move(kwargs));
   if (caller) frame->set("caller", *caller);
   std::string out;

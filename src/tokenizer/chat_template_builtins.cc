@@ -13,7 +13,7 @@
 namespace merlin::jinja {
 namespace {
 
-constexpr size_t kMaxRange = 1'000'000;
+constexpr size_t kMaxRange = 100'000;
 
 Value generator(std::vector<Value> items) {
   Value v = Value::make_list(std::move(items));

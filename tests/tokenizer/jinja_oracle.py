@@ -10,6 +10,10 @@ extension and a no-op `{% generation %}` tag (HF's AssistantTracker), HF's own `
 
 Usage: jinja_oracle.py TEMPLATE_DIR CASES_JSON [TEMPLATE ...]
 Writes TEMPLATE_DIR/<name>.golden.json for each template (all *.jinja if none are named).
+
+       jinja_oracle.py --snippets SNIPPETS_JSON OUT_JSON
+Renders each {name, template, context} of SNIPPETS_JSON (language-feature unit cases) and
+writes {name: {output} | {error, error_type}} to OUT_JSON.
 """
 import datetime
 import glob
@@ -75,7 +79,22 @@ def render_all(env, source, cases):
     return results
 
 
+def snippets(src, dst):
+    with open(src, encoding="utf-8") as f:
+        items = json.load(f)
+    env = make_env()
+    out = {"jinja2_version": jinja2.__version__, "cases": {}}
+    for it in items:
+        case = {"name": it["name"], "context": it["context"]}
+        out["cases"][it["name"]] = render_all(env, it["template"], [case])[it["name"]]
+    with open(dst, "w", encoding="utf-8") as f:
+        json.dump(out, f, ensure_ascii=False, indent=1)
+        f.write("\n")
+
+
 def main():
+    if sys.argv[1] == "--snippets":
+        return snippets(sys.argv[2], sys.argv[3])
     tdir, cases_path = sys.argv[1], sys.argv[2]
     with open(cases_path, encoding="utf-8") as f:
         cases = json.load(f)
