@@ -1,0 +1,145 @@
+// The engine: one thread owns the model, the KV cache and the scheduling loop (continuous
+// batching, chunked prefill, paged KV with prefix reuse, priorities, preemption, speculative
+// decoding). Other threads talk to it through submit() / RequestStream / cancel().
+#pragma once
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "core/status.h"
+#include "engine/metrics.h"
+#include "engine/sampler.h"
+#include "kernels/matmul.h"
+#include "model/model.h"
+
+namespace merlin {
+
+// Lower value = scheduled first. Interactive code completion runs ahead of chat and batch work.
+enum class Priority : int32_t { kCompletion = 0, kChat = 1, kBatch = 2 };
+
+enum class FinishReason { kNone, kStop, kLength, kCancelled, kError, kTimeBudget };
+const char* finish_reason_name(FinishReason r);  // "stop", "length", "cancelled", "error", "time_budget"
+
+struct SpecOptions {
+  bool use_draft = true;     // only effective when the engine has a draft model
+  bool use_lookup = false;   // prompt lookup (n-gram) proposals
+  int32_t max_draft = 8;     // upper bound of the adaptive draft length
+};
+
+struct GenerationRequest {
+  Ids prompt;                          // token ids, already templated/tokenized
+  SamplingParams sampling;
+  int32_t max_tokens = 256;            // generated tokens at most (also capped by the context)
+  std::vector<std::string> stop;       // stop strings; the text ends before them
+  std::vector<TokenId> stop_tokens;    // extra stop token ids (besides EOG unless ignore_eos)
+  bool ignore_eos = false;
+  int32_t n_logprobs = -1;             // -1: none; 0: chosen token only; n: top n as well
+  Priority priority = Priority::kChat;
+  std::string client_id;               // cancel-on-keystroke: a new completion of the same
+  bool supersede_same_client = false;  //   client cancels its unfinished one when this is set
+  std::optional<double> time_budget_ms;  // stop generating after this long (FIM editors)
+  std::optional<SpecOptions> spec;     // none: engine default
+  // FIM: stop when the generated text reproduces the start of this (the suffix's next line).
+  std::string stop_at_suffix_line;
+  int32_t max_lines = 0;               // stop after this many newlines in the output (0 = off)
+};
+
+struct Usage {
+  int32_t prompt_tokens = 0;
+  int32_t completion_tokens = 0;
+  int32_t cached_tokens = 0;           // prompt tokens served from the prefix cache
+};
+
+struct StreamEvent {
+  std::string text;                    // new UTF-8 text (whole characters, stop strings removed)
+  std::vector<TokenId> tokens;         // the tokens this event covers
+  std::vector<TokenLogprob> logprobs;  // per token in `tokens`, when asked
+  std::vector<std::vector<TokenLogprob>> top_logprobs;  // per token, when n_logprobs > 0
+  bool done = false;
+  FinishReason finish = FinishReason::kNone;
+  std::string error;                   // set when finish == kError
+  Usage usage;                         // filled on the final event
+  double ttft_ms = 0;                  // on the final event
+  double e2e_ms = 0;
+};
+
+// The receiving end of one request. next() blocks until an event arrives or the timeout
+// passes; the last event has done == true. Dropping the stream cancels the request.
+class RequestStream {
+ public:
+  ~RequestStream();
+  // Returns false on timeout (ev untouched).
+  bool next(StreamEvent& ev, std::chrono::milliseconds timeout = std::chrono::milliseconds(60000));
+  void cancel();
+  uint64_t id() const { return id_; }
+
+ // Internal: shared between the stream and the engine thread.
+  struct Shared {
+    std::mutex mu;
+    std::condition_variable cv;
+    std::deque<StreamEvent> events;  // guarded by mu
+    std::atomic<bool> cancelled{false};
+    std::atomic<bool> finished{false};
+  };
+
+ private:
+  friend class Engine;
+  std::shared_ptr<Shared> shared_;
+  uint64_t id_ = 0;
+  class Engine* engine_ = nullptr;
+};
+
+struct EngineOptions {
+  int32_t n_threads = 0;               // 0 = all available cores
+  int32_t max_running = 16;            // sequences decoded together (--parallel)
+  int32_t ctx_size = 0;                // max tokens per sequence; 0 = model's max_position
+  int32_t kv_tokens = 0;               // KV capacity in tokens; 0 = max_running * ctx_size
+  int32_t block_size = 16;
+  int32_t max_batch_tokens = 256;      // tokens per step: prompt chunks are cut to fit
+  bool prefix_cache = true;
+  Precision precision = Precision::kF32;
+  std::shared_ptr<const ModelWeights> draft;  // optional draft model (same vocabulary)
+  SpecOptions spec_default;            // used when a request does not say
+};
+
+class Engine {
+ public:
+  // Validates options (draft vocabulary, KV size) and starts the engine thread.
+  static Result<std::unique_ptr<Engine>> create(LoadedModel model, EngineOptions opt);
+  ~Engine();  // stops the thread; unfinished requests end with FinishReason::kCancelled
+
+  // Thread-safe. Invalid requests (empty prompt, prompt + max_tokens beyond the context) are
+  // refused here with kInvalidArgument, before any work.
+  Result<std::unique_ptr<RequestStream>> submit(GenerationRequest req);
+  void cancel(uint64_t id);
+  // Ends every request (final event with kCancelled) and stops accepting new ones.
+  void shutdown();
+
+  const Tokenizer& tokenizer() const { return *model_.tokenizer; }
+  const ModelConfig& config() const { return model_.weights->config; }
+  const LoadedModel& model() const { return model_; }
+  int32_t ctx_size() const { return ctx_size_; }
+  EngineMetrics& metrics() { return metrics_; }
+  bool has_draft() const { return opt_.draft != nullptr; }
+
+ private:
+  Engine(LoadedModel model, EngineOptions opt);
+  struct Impl;
+  void loop();
+
+  LoadedModel model_;
+  EngineOptions opt_;
+  int32_t ctx_size_ = 0;
+  EngineMetrics metrics_;
+  std::unique_ptr<Impl> impl_;
+  std::thread thread_;
+};
+
+}  // namespace merlin

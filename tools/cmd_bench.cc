@@ -1,0 +1,259 @@
+// merlin bench: prompt-processing (pp) and generation (tg) throughput, like llama-bench, with two
+// baselines measured in the same run: the machine's memory read bandwidth (tg reads every weight
+// once per token) and OpenBLAS sgemm on the model's own matmul shapes (pp is matmul-bound).
+#include <cblas.h>
+#include <immintrin.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <random>
+
+#include <fmt/core.h>
+#include <nlohmann/json.hpp>
+
+#include "command.h"
+#include "common.h"
+#include "core/cpu.h"
+#include "engine/engine.h"
+
+extern "C" void openblas_set_num_threads(int);
+
+namespace merlin::cli {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double now_s() { return std::chrono::duration<double>(Clock::now().time_since_epoch()).count(); }
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0 : v[v.size() / 2];
+}
+
+struct Args {
+  std::string model = default_model_path(), precision = "f32", draft;
+  int32_t pp = 512, tg = 128, threads = 0, reps = 5;
+  bool json = false, lookup = false;
+};
+
+__attribute__((target("avx2"))) uint64_t sum_avx2(const uint8_t* p, size_t n) {
+  __m256i a = _mm256_setzero_si256(), b = _mm256_setzero_si256();
+  for (size_t i = 0; i < n; i += 64) {
+    a = _mm256_add_epi64(a, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i)));
+    b = _mm256_add_epi64(b, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i + 32)));
+  }
+  alignas(32) uint64_t o[4];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(o), _mm256_add_epi64(a, b));
+  return o[0] + o[1] + o[2] + o[3];
+}
+
+// Read bandwidth: every thread sums its share of a buffer far larger than the caches.
+double measure_read_bandwidth(ThreadPool& pool) {
+  const size_t bytes = size_t{1} << 30;
+  std::vector<uint8_t> buf(bytes + 64, 1);
+  std::vector<double> runs;
+  for (int r = 0; r < 5; ++r) {
+    std::atomic<uint64_t> sink{0};
+    double t0 = now_s();
+    pool.run([&](int ith, int nth) {
+      const size_t per = bytes / nth / 64 * 64;
+      const uint8_t* p = buf.data() + per * ith;
+      uint64_t acc = 0;
+      if (cpu_level() >= CpuLevel::kAvx2) {
+        acc = sum_avx2(p, per);
+      } else {
+        for (size_t i = 0; i < per; i += 8) acc += *reinterpret_cast<const uint64_t*>(p + i);
+      }
+      sink += acc;
+    });
+    runs.push_back(bytes / (now_s() - t0));
+  }
+  return *std::max_element(runs.begin(), runs.end());
+}
+
+// The model's matmuls for a pp batch of m tokens: (n, k) per layer, times n_layer, plus the
+// output head for the last row only (as pp computes it).
+struct Shape {
+  int64_t n, k, count;
+};
+
+double blas_seconds(const std::vector<Shape>& shapes, int64_t m, int threads) {
+  openblas_set_num_threads(threads);
+  omp_set_num_threads(threads);
+  double total = 0;
+  std::mt19937 rng(1);
+  std::uniform_real_distribution<float> u(-1, 1);
+  for (const auto& s : shapes) {
+    std::vector<float> a(static_cast<size_t>(m * s.k)), b(static_cast<size_t>(s.n * s.k)), c(static_cast<size_t>(m * s.n));
+    for (auto& x : a) x = u(rng);
+    for (auto& x : b) x = u(rng);
+    std::vector<double> runs;
+    for (int r = 0; r < 3; ++r) {
+      double t0 = now_s();
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(m), static_cast<int>(s.n),
+                  static_cast<int>(s.k), 1.0f, a.data(), static_cast<int>(s.k), b.data(), static_cast<int>(s.k), 0.0f,
+                  c.data(), static_cast<int>(s.n));
+      runs.push_back(now_s() - t0);
+    }
+    total += median(runs) * s.count;
+  }
+  return total;
+}
+
+int run(const Args& a) {
+  auto m = load_or_report(a.model);
+  if (!m) return 1;
+  const auto& c = m->weights->config;
+  const int threads = a.threads > 0 ? a.threads : default_thread_count();
+  ThreadPool pool(threads);
+  Model model(m->weights);
+  const int32_t bs = 16, V = c.n_vocab;
+  const int32_t ctx = a.pp + a.tg + 16;
+  KvCache kv(c, (ctx + bs - 1) / bs, bs);
+  std::vector<int32_t> table(kv.n_blocks());
+  for (int32_t i = 0; i < kv.n_blocks(); ++i) table[i] = i;
+  ForwardOptions fo;
+  fo.precision = a.precision == "bf16" ? Precision::kBF16 : Precision::kF32;
+  std::vector<float> logits(V);
+  std::mt19937 rng(42);
+  auto rand_tokens = [&](int n) {
+    Ids t(n);
+    for (auto& x : t) x = static_cast<TokenId>(rng() % std::min<uint32_t>(V, m->tokenizer->n_vocab()));
+    return t;
+  };
+
+  fmt::print(stderr, "bench: {} threads, CPU level {}, precision {}\n", threads, cpu_level_name(cpu_level()), a.precision);
+  // pp: the whole prompt in one batch from an empty cache.
+  std::vector<double> pp_runs, tg_runs;
+  for (int r = 0; r < a.reps + 1; ++r) {
+    StepBatch b;
+    b.tokens = rand_tokens(a.pp);
+    b.seqs.push_back({0, a.pp, 0, table.data(), kv.n_blocks()});
+    b.logit_rows = {a.pp - 1};
+    double t0 = now_s();
+    if (auto st = model.forward(pool, b, kv, logits.data(), fo); !st.ok()) {
+      fmt::print(stderr, "error: {}\n", st.message);
+      return 1;
+    }
+    if (r > 0) pp_runs.push_back(now_s() - t0);  // first run warms caches and page-ins
+    fmt::print(stderr, "\rpp{} run {}/{}", a.pp, r + 1, a.reps + 1);
+  }
+  fmt::print(stderr, "\n");
+  // tg: one token at a time from an empty cache, as llama-bench's tg test.
+  for (int r = 0; r < a.reps; ++r) {
+    Ids toks = rand_tokens(a.tg);
+    double t0 = now_s();
+    for (int i = 0; i < a.tg; ++i) {
+      StepBatch b;
+      b.tokens = {toks[i]};
+      b.seqs.push_back({0, 1, i, table.data(), kv.n_blocks()});
+      b.logit_rows = {0};
+      (void)model.forward(pool, b, kv, logits.data(), fo);
+    }
+    tg_runs.push_back(now_s() - t0);
+    fmt::print(stderr, "\rtg{} run {}/{}", a.tg, r + 1, a.reps);
+  }
+  fmt::print(stderr, "\n");
+  const double pp_t = median(pp_runs), tg_t = median(tg_runs);
+  const double pp_tps = a.pp / pp_t, tg_tps = a.tg / tg_t;
+
+  fmt::print(stderr, "measuring memory read bandwidth ...\n");
+  const double bw = measure_read_bandwidth(pool);
+  const double wbytes = static_cast<double>(m->weights->weight_bytes());
+  const double tg_bw_fraction = wbytes * tg_tps / bw;
+
+  // Matmul FLOPs of one pp run and OpenBLAS on the same shapes (f32 sgemm).
+  const int64_t E = c.n_embd, QD = int64_t{c.n_head} * c.head_dim, KD = int64_t{c.n_head_kv} * c.head_dim;
+  std::vector<Shape> shapes = {{QD, E, c.n_layer}, {KD, E, 2 * c.n_layer}, {E, QD, c.n_layer},
+                               {c.n_ff, E, 2 * c.n_layer}, {E, c.n_ff, c.n_layer}};
+  double flops = 0;
+  for (auto& s : shapes) flops += 2.0 * a.pp * s.n * s.k * s.count;
+  fmt::print(stderr, "measuring OpenBLAS sgemm on the same shapes ...\n");
+  const double blas_t = blas_seconds(shapes, a.pp, threads);
+  const double our_gflops = flops / pp_t / 1e9, blas_gflops = flops / blas_t / 1e9;
+  const double pp_blas_fraction = our_gflops / blas_gflops;
+
+  double spec_tps = 0, accept_rate = 0, tokens_per_pass = 0;
+  if (!a.draft.empty() || a.lookup) {
+    // Speculative generation through the engine, greedy, same prompt with and without.
+    EngineOptions eo;
+    eo.n_threads = threads;
+    eo.max_running = 1;
+    eo.ctx_size = std::min<int32_t>(c.max_pos, std::max(4096, ctx));
+    if (!a.draft.empty()) {
+      auto d = load_or_report(a.draft);
+      if (!d) return 1;
+      eo.draft = d->weights;
+    }
+    eo.spec_default.use_draft = !a.draft.empty();
+    eo.spec_default.use_lookup = a.lookup;
+    auto e = Engine::create(*m, eo);
+    if (!e) {
+      fmt::print(stderr, "error: {}\n", e.error().message);
+      return 1;
+    }
+    GenerationRequest req;
+    req.prompt = m->tokenizer->encode("def quicksort(arr):\n    ", false);
+    req.max_tokens = a.tg;
+    req.ignore_eos = true;
+    auto s = (*e)->submit(req);
+    StreamEvent ev;
+    while (!(*s)->next(ev) || !ev.done) {}
+    spec_tps = ev.e2e_ms > ev.ttft_ms ? (ev.usage.completion_tokens - 1) / ((ev.e2e_ms - ev.ttft_ms) / 1000.0) : 0;
+    auto& mt = (*e)->metrics();
+    accept_rate = static_cast<double>(mt.spec_accepted) / std::max<uint64_t>(1, mt.spec_proposed);
+    tokens_per_pass = static_cast<double>(ev.usage.completion_tokens) / std::max<uint64_t>(1, mt.spec_target_passes);
+  }
+
+  if (a.json) {
+    nlohmann::json j{{"model", m->name},
+                     {"threads", threads},
+                     {"precision", a.precision},
+                     {"pp", a.pp},
+                     {"tg", a.tg},
+                     {"pp_tps", pp_tps},
+                     {"tg_tps", tg_tps},
+                     {"weight_bytes", wbytes},
+                     {"read_bw_gbs", bw / 1e9},
+                     {"tg_bw_fraction", tg_bw_fraction},
+                     {"pp_gflops", our_gflops},
+                     {"blas_gflops", blas_gflops},
+                     {"pp_blas_fraction", pp_blas_fraction}};
+    if (spec_tps > 0) {
+      j["spec_tg_tps"] = spec_tps;
+      j["spec_accept_rate"] = accept_rate;
+      j["spec_tokens_per_pass"] = tokens_per_pass;
+    }
+    fmt::print("{}\n", j.dump());
+  } else {
+    fmt::print("| model | threads | test | tokens/s | baseline |\n|---|---|---|---|---|\n");
+    fmt::print("| {} | {} | pp{} ({}) | {:.1f} | {:.1f} GFLOP/s = {:.0f}% of OpenBLAS sgemm ({:.1f} GFLOP/s) |\n", m->name,
+               threads, a.pp, a.precision, pp_tps, our_gflops, 100 * pp_blas_fraction, blas_gflops);
+    fmt::print("| {} | {} | tg{} | {:.1f} | {:.2f} GB/s of weights = {:.0f}% of read bandwidth ({:.1f} GB/s) |\n", m->name,
+               threads, a.tg, tg_tps, wbytes * tg_tps / 1e9, 100 * tg_bw_fraction, bw / 1e9);
+    if (spec_tps > 0)
+      fmt::print("| {} | {} | tg{} speculative | {:.1f} | acceptance {:.0f}%, {:.2f} tokens per target pass |\n", m->name,
+                 threads, a.tg, spec_tps, 100 * accept_rate, tokens_per_pass);
+  }
+  return 0;
+}
+
+CommandRegistrar reg("bench", "Benchmark prompt processing and generation against bandwidth and OpenBLAS baselines",
+                     [](CLI::App& app) {
+  auto a = std::make_shared<Args>();
+  app.add_option("-m,--model", a->model, "Model folder or .gguf file");
+  app.add_option("-p,--n-prompt", a->pp, "Prompt tokens for the pp test")->capture_default_str();
+  app.add_option("-n,--n-gen", a->tg, "Generated tokens for the tg test")->capture_default_str();
+  app.add_option("-t,--threads", a->threads, "Threads (0 = all cores)");
+  app.add_option("-r,--reps", a->reps, "Repetitions (the median is reported)")->capture_default_str();
+  app.add_option("--precision", a->precision, "Matmul precision for pp: f32 (exact) or bf16")
+      ->check(CLI::IsMember({"f32", "bf16"}))->capture_default_str();
+  app.add_option("--draft", a->draft, "Also measure speculative generation with this draft model");
+  app.add_flag("--lookup", a->lookup, "Also measure speculative generation with prompt lookup");
+  app.add_flag("--json", a->json, "Print one JSON object (pp_tps, tg_tps, tg_bw_fraction, pp_blas_fraction, ...)");
+  return [a] { return run(*a); };
+});
+
+}  // namespace
+}  // namespace merlin::cli
