@@ -178,6 +178,10 @@ GgufWriter::Progress progress_bar() {
     const int width = 30;
     const int done = n ? static_cast<int>(width * i / n) : width;
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - *t0).count();
+    // Redraw at most every 0.1 s (and always for the last tensor) to keep logs readable.
+    static double last = -1;
+    if (i != n && s - last < 0.1) return;
+    last = s;
     fmt::print(stderr, "\r[{}{}] {:>4}/{} tensors, {:8.1f} MB written, {:5.1f} s  {:<32.32}", std::string(done, '#'),
                std::string(width - done, '.'), i, n, bytes / 1e6, s, name);
     if (i == n) fmt::print(stderr, "\n");

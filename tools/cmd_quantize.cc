@@ -72,6 +72,10 @@ int run_quantize(const QuantizeArgs& a) {
   auto st = w.write(a.out, [&](size_t i, size_t n, uint64_t bytes, const std::string& name) {
     const int width = 30, done = n ? static_cast<int>(width * i / n) : width;
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    // Redraw at most every 0.1 s (and always for the last tensor) to keep logs readable.
+    static double last = -1;
+    if (i != n && s - last < 0.1) return;
+    last = s;
     fmt::print(stderr, "\r[{}{}] {:>4}/{} tensors, {:8.1f} MB written, {:5.1f} s  {:<32.32}", std::string(done, '#'),
                std::string(width - done, '.'), i, n, bytes / 1e6, s, name);
     if (i == n) fmt::print(stderr, "\n");

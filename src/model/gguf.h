@@ -16,6 +16,7 @@
 #include "core/mmap_file.h"
 #include "core/status.h"
 #include "core/tensor.h"
+#include "core/thread_pool.h"
 #include "model/config.h"
 #include "tokenizer/tokenizer.h"
 
@@ -101,6 +102,38 @@ Result<TokenizerVocab> gguf_tokenizer_vocab(const GgufFile& g);
 // HF row h*head_dim/2+i. `to_gguf` false gives the inverse. Returns, for each destination row,
 // its source row.
 std::vector<int64_t> gguf_qk_row_order(int64_t n_rows, int64_t head_dim, bool to_gguf);
+
+// Target file types of `merlin convert` / `merlin quantize`, with llama.cpp's llama_ftype
+// numbers (written as general.file_type).
+enum class GgufFileType : uint32_t {
+  kF32 = 0, kF16 = 1, kQ4_0 = 2, kQ4_1 = 3, kQ8_0 = 7, kQ5_0 = 8, kQ5_1 = 9,
+  kQ4_K_M = 15, kQ5_K_M = 17, kQ6_K = 18, kBF16 = 32,
+};
+// "f32", "q4_k_m", ... (case-insensitive); nullopt when unknown.
+std::optional<GgufFileType> gguf_file_type_from_name(const std::string& name);
+const char* gguf_file_type_name(GgufFileType t);
+bool gguf_file_type_is_quantized(GgufFileType t);
+
+// Per-tensor type choice of llama.cpp's llama_tensor_get_type for the file types above:
+// 1-D tensors stay f32; output (or token_embd when tied) gets Q6_K; *_K_M give attn_v and
+// ffn_down Q6_K in the layers use_more_bits() picks; K-quants of tensors whose row length is
+// not a multiple of 256 fall back (Q4_K->Q5_0, Q5_K->Q5_1, Q6_K->Q8_0), and block types whose
+// block does not divide the row fall back to f16.
+struct GgufTensorContext {
+  std::string name;              // GGUF tensor name ("blk.3.attn_v.weight")
+  std::vector<int64_t> shape;    // outermost first
+  int32_t n_layer = 0;
+  int32_t n_head = 0, n_head_kv = 0;
+  bool has_output = true;        // false when output.weight is tied to token_embd
+};
+DType gguf_choose_tensor_type(GgufFileType ft, const GgufTensorContext& t);
+
+// Converts a tensor (any supported dtype, shape outermost-first) to `dst`, optionally taking
+// rows in `row_order` (destination row r <- source row row_order[r]); rows run in parallel on
+// `pool` when given. Returns the bytes in the destination layout.
+Result<std::vector<uint8_t>> gguf_convert_tensor(const Tensor& src, DType dst,
+                                                 const std::vector<int64_t>* row_order = nullptr,
+                                                 ThreadPool* pool = nullptr);
 
 // Streaming writer: metadata and tensor infos are given first, tensor bytes are produced one
 // tensor at a time while writing (so a converter never holds the whole model in memory).

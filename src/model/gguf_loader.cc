@@ -191,6 +191,23 @@ Result<TokenizerVocab> gguf_tokenizer_vocab(const GgufFile& g) {
   v.fim_pad = fim("fim_pad_token_id", nullptr);
   v.fim_rep = fim("fim_rep_token_id", nullptr);
   v.fim_sep = fim("fim_sep_token_id", nullptr);
+  // Files converted without FIM ids (llama.cpp writes none for most models): find the tokens by
+  // their text, as llama.cpp's vocab loader does.
+  auto by_text = [&](std::optional<TokenId>& slot, std::initializer_list<const char*> names) {
+    if (slot) return;
+    for (const char* nm : names)
+      for (size_t id = 0; id < n; ++id)
+        if (v.tokens[id] == nm) {
+          slot = static_cast<TokenId>(id);
+          return;
+        }
+  };
+  by_text(v.fim_pre, {"<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<PRE>"});
+  by_text(v.fim_suf, {"<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<SUF>"});
+  by_text(v.fim_mid, {"<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<MID>"});
+  by_text(v.fim_pad, {"<|fim_pad|>", "<fim-pad>", "<fim_pad>"});
+  by_text(v.fim_rep, {"<|fim_repo|>", "<fim-repo>", "<reponame>", "<REPO>"});
+  by_text(v.fim_sep, {"<|file_sep|>", "<file_sep>", "<file-sep>"});
   // llama.cpp's defaults when the flag is absent: SentencePiece adds BOS, byte-level BPE does not.
   v.add_bos = g.get_bool("tokenizer.ggml.add_bos_token").value_or(v.model == TokenizerModel::kSentencePieceBpe);
   v.add_space_prefix = g.get_bool("tokenizer.ggml.add_space_prefix").value_or(v.model == TokenizerModel::kSentencePieceBpe);
@@ -270,6 +287,9 @@ Result<LoadedModel> load_gguf_model(const std::string& path) {
 #undef GET
   if (g.find_tensor("rope_freqs.weight"))
     return Errf(Code::kUnsupported, "{}: per-dimension rope factors (rope_freqs.weight, Llama 3.1 scaling) are not supported yet", path);
+
+  // f32/f16/bf16 matrices are repacked for the matmul kernels, as for HF folders.
+  pack_weights(*w);
 
   MERLIN_TRY(vocab, gguf_tokenizer_vocab(g));
   MERLIN_TRY(tok, Tokenizer::from_vocab(std::move(vocab)));
