@@ -80,6 +80,7 @@ test('completion: token-id prompt, echo, n with seed, stop, logprobs', async () 
   assert.deepEqual(n.choices.map((c) => c.index), [0, 1, 2]);
   const n2 = await openai.completions.create({ prompt: PROMPT, max_tokens: 8, temperature: 1.0, n: 3, seed: 42 });
   assert.deepEqual(n2.choices.map((c) => c.text), n.choices.map((c) => c.text), 'same seed, same texts');
+  assert.ok(new Set(n.choices.map((c) => c.text)).size > 1, 'choice i uses seed + i');
   const lp = await openai.completions.create({ prompt: PROMPT, max_tokens: 6, temperature: 0, logprobs: 2 });
   const L = lp.choices[0].logprobs;
   assert.equal(L.tokens.length, lp.usage.completion_tokens);
@@ -87,14 +88,6 @@ test('completion: token-id prompt, echo, n with seed, stop, logprobs', async () 
   assert.equal(L.text_offset.length, L.tokens.length);
   assert.ok(L.top_logprobs.every((d) => Object.keys(d).length <= 2));
   assert.ok(L.token_logprobs.every((x) => x <= 0));
-  // stop: text ends before the stop string
-  const full = a.choices[0].text;
-  const cut = full.slice(2, 4);
-  if (cut.length === 2) {
-    const s = await openai.completions.create({ prompt: PROMPT, max_tokens: 8, temperature: 0, stop: [cut] });
-    assert.equal(s.choices[0].text, full.slice(0, full.indexOf(cut)));
-    assert.equal(s.choices[0].finish_reason, 'stop');
-  }
 });
 
 test('chat: equals completion of the templated prompt; stream equals plain; usage', async () => {
@@ -190,18 +183,34 @@ test('messages: plain and streamed agree; usage; event sequence', async () => {
   assert.equal(delta.usage.output_tokens, 6);
 });
 
-test('messages: stop_sequences give stop_reason stop_sequence', async () => {
-  const user = 'Write a function that adds two numbers.';
-  const m = await anthropic.messages.create({ max_tokens: N, temperature: 0, messages: [{ role: 'user', content: user }] });
+test('messages: prefill continues the assistant turn; stop_sequences give stop_sequence', async () => {
+  // A final assistant message is a prefill: the answer continues it (same as a completion of
+  // the templated prompt followed by the prefill).
+  const user = 'Write a fibonacci function.';
+  const prefill = 'def fibonacci(n):';
+  const msgs = [{ role: 'user', content: user }, { role: 'assistant', content: prefill }];
+  const viaCompletion = await openai.completions.create({ prompt: chatPrompt(user) + prefill, max_tokens: N, temperature: 0 });
+  const m = await anthropic.messages.create({ max_tokens: N, temperature: 0, messages: msgs });
   const text = m.content[0].text;
-  const seq = text.slice(3, 5);
-  if (seq.length < 2 || text.indexOf(seq) < 1) return;  // model output too short to test with
-  const s = await anthropic.messages.create({
-    max_tokens: N, temperature: 0, stop_sequences: [seq], messages: [{ role: 'user', content: user }],
-  });
+  assert.equal(text, viaCompletion.choices[0].text);
+  // Stop at a sequence from the middle of the greedy output.
+  let at = -1;
+  let seq = '';
+  for (let i = 2; i + 3 <= text.length; ++i) {
+    seq = text.slice(i, i + 3);
+    if (text.indexOf(seq) === i && seq.trim().length === 3) {
+      at = i;
+      break;
+    }
+  }
+  assert.ok(at > 0, `greedy output long and varied enough to cut: ${JSON.stringify(text)}`);
+  const s = await anthropic.messages.create({ max_tokens: N, temperature: 0, stop_sequences: ['@@@never', seq], messages: msgs });
   assert.equal(s.stop_reason, 'stop_sequence');
   assert.equal(s.stop_sequence, seq);
-  assert.equal(s.content[0].text, text.slice(0, text.indexOf(seq)));
+  assert.equal(s.content[0].text, text.slice(0, at));
+  const c = await openai.completions.create({ prompt: chatPrompt(user) + prefill, max_tokens: N, temperature: 0, stop: seq });
+  assert.equal(c.choices[0].text, text.slice(0, at));
+  assert.equal(c.choices[0].finish_reason, 'stop');
 });
 
 test('32 concurrent streaming clients each get the stream of their prompt alone', async () => {
