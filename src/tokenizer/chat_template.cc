@@ -945,7 +945,8 @@ Value invoke_macro(Ctx& c, const Callable& fn, const Args& a, int line, const Va
   if (++c.macro_depth > kMaxMacroDepth) fail(line, "macro recursion deeper than {} calls", kMaxMacroDepth);
   c.tick(line);
   auto frame = std::make_shared<Frame>();
-  frame->parent = std::static_pointer_cast<Frame>(fn.closure);
+  frame->parent = std::static_pointer_cast<Frame>(fn.closure.lock());
+  if (!frame->parent) fail(line, "macro '{}' called after the scope that defined it ended", def.name);
   auto saved = c.frame;
   c.frame = frame;
   std::vector<Value> varargs;
@@ -1742,6 +1743,13 @@ class ChatTemplateImpl final : public ChatTemplate {
     char anchor = 0;
     c.stack_base = &anchor;
     c.env.now = options_.now ? &options_.now : nullptr;
+    c.env.namespaces = std::make_shared<std::vector<std::shared_ptr<Dict>>>();
+    struct BreakCycles {
+      std::vector<std::shared_ptr<Dict>>& ns;
+      ~BreakCycles() {
+        for (auto& d : ns) d->items.clear();
+      }
+    } break_cycles{*c.env.namespaces};
     c.frame = std::make_shared<Frame>();
     if (context.is_object())
       for (auto it = context.begin(); it != context.end(); ++it) c.frame->set(it.key(), from_json(it.value()));

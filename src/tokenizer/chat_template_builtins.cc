@@ -860,6 +860,7 @@ Value call_builtin(const RenderEnv& env, const Callable& fn, const Args& a, int 
     case kDict: {
       Value d = Value::make_dict();
       d.dict->is_namespace = fn.builtin == kNamespace;
+      if (d.dict->is_namespace && env.namespaces) env.namespaces->push_back(d.dict);
       for (const auto& p : a.pos) {
         if (p.type == Value::kDict) {
           for (const auto& [k, v] : p.dict->items) d.dict->set(k, v);

@@ -83,6 +83,9 @@ struct Args {
 struct RenderEnv {
   const std::function<std::tm()>* now = nullptr;
   size_t max_output = size_t(64) << 20;
+  // namespace() objects made during the render: the only mutable containers, hence the only
+  // way to build reference cycles (`set ns.me = ns`); emptied when the render ends.
+  std::shared_ptr<std::vector<std::shared_ptr<Dict>>> namespaces;
 };
 
 bool is_known_filter(std::string_view name);
@@ -104,7 +107,9 @@ struct Callable {
   std::string name;
   int builtin = -1;               // index into the builtin table, or -1 for a macro
   const void* macro = nullptr;    // the MacroDef for macros and call-block callers
-  std::shared_ptr<void> closure;  // the Frame the macro was defined in
+  // The Frame the macro was defined in. Weak because that frame holds the macro: a strong
+  // reference would be a cycle and leak every render.
+  std::weak_ptr<void> closure;
 };
 
 }  // namespace merlin::jinja
