@@ -106,6 +106,10 @@ class Lexer {
   void normalize() {
     // Jinja2 splits on \r\n|\r|\n and rejoins with \n, dropping one trailing newline
     // (keep_trailing_newline=False).
+    if (src_.find('\r') == std::string::npos) {
+      if (!src_.empty() && src_.back() == '\n') src_.pop_back();
+      return;
+    }
     std::string out;
     out.reserve(src_.size());
     for (size_t i = 0; i < src_.size(); ++i) {
@@ -189,10 +193,13 @@ class Lexer {
     const size_t n = src_.size();
     int depth = 0;
     while (true) {
-      while (pos_ < n && is_ws(src_[pos_])) advance_to(pos_ + 1);
+      while (pos_ < n && is_ws(src_[pos_])) {
+        if (src_[pos_] == '\n') ++line_;
+        ++pos_;
+      }
       if (pos_ >= n) fail(tag_line, "unterminated '{}' tag (missing '{}')", block ? "{%" : "{{", block ? "%}" : "}}");
       char c = src_[pos_];
-      if (depth == 0) {
+      if (depth == 0 && (c == '-' || c == '+' || c == '%' || c == '}')) {
         if (block) {
           if (src_.compare(pos_, 3, "-%}") == 0) { advance_to(pos_ + 3); end(Tok::kBlockEnd); return finish_tag(true, false); }
           if (src_.compare(pos_, 3, "+%}") == 0) { advance_to(pos_ + 3); end(Tok::kBlockEnd); return false; }
@@ -212,10 +219,10 @@ class Lexer {
         tokens_.push_back({Tok::kName, src_.substr(pos_, e - pos_), 0, 0, line_});
         advance_to(e);
       } else {
-        static const char* two[] = {"//", "**", "==", "!=", "<=", ">="};
         std::string op;
-        for (const char* t : two)
-          if (src_.compare(pos_, 2, t) == 0) op = t;
+        char c2 = pos_ + 1 < n ? src_[pos_ + 1] : 0;
+        if ((c == '/' && c2 == '/') || (c == '*' && c2 == '*') || (c2 == '=' && (c == '=' || c == '!' || c == '<' || c == '>')))
+          op = std::string{c, c2};
         if (op.empty()) {
           if (std::string_view("+-*/%~<>=()[]{},.:|").find(c) == std::string_view::npos)
             fail(line_, "unexpected character '{}' in tag", c);
@@ -240,7 +247,13 @@ class Lexer {
       if (p >= n) fail(start_line, "unterminated string literal");
       char c = src_[p];
       if (c == q) break;
-      if (c != '\\') { out += c; ++p; continue; }
+      if (c != '\\') {
+        size_t e = p + 1;
+        while (e < n && src_[e] != q && src_[e] != '\\') ++e;
+        out.append(src_, p, e - p);
+        p = e;
+        continue;
+      }
       if (p + 1 >= n) fail(start_line, "unterminated string literal");
       char e = src_[p + 1];
       p += 2;
