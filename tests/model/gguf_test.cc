@@ -7,6 +7,7 @@
 #include <random>
 
 #include "kernels/matmul.h"
+#include "model/kv_cache.h"
 #include "model/gguf.h"
 #include "model/model.h"
 #include "../test_util.h"
@@ -211,6 +212,60 @@ TEST(Gguf, QuantizeQ4KMFollowsLlamaCppRecipe) {
   std::printf("  %d of %zu tensors byte-identical to llama-quantize's output\n", identical, theirs->tensors.size());
   auto m = load_gguf_model(tmp / "q.gguf");
   ASSERT_TRUE(m) << m.error().message;
+}
+
+
+// Logits of every position of `ids` in one batch: [n, vocab].
+std::vector<float> forward_all(const LoadedModel& lm, const std::vector<int32_t>& ids) {
+  Model m(lm.weights);
+  ThreadPool pool(2);
+  const int n = static_cast<int>(ids.size()), bs = 16;
+  KvCache kv(m.config(), (n + bs - 1) / bs + 1, bs);
+  std::vector<int32_t> table(kv.n_blocks());
+  for (int i = 0; i < kv.n_blocks(); ++i) table[i] = i;
+  StepBatch b;
+  b.tokens = ids;
+  b.seqs.push_back({0, n, 0, table.data(), kv.n_blocks()});
+  for (int i = 0; i < n; ++i) b.logit_rows.push_back(i);
+  std::vector<float> logits(static_cast<size_t>(n) * m.config().n_vocab);
+  EXPECT_TRUE(m.forward(pool, b, kv, logits.data()).ok());
+  return logits;
+}
+
+TEST(Gguf, ForwardPassOfLlamaCppFilesMatchesReference) {
+  // bf16 GGUF: same weights as HF after un-permutation -> transformers' argmax at every position
+  // and last logits within 1e-3. Q4_K_M: quantization noise, so a looser check: argmax agreement
+  // and the mean log-likelihood of the reference argmax tokens close to bf16's.
+  REQUIRE_SHARED_GGUF();
+  const auto& prompts = test::reference()["models"]["target"]["prompts"];
+  ASSERT_GE(prompts.size(), 1u);
+  for (const char* file : {"tiny-coder-target-bf16.gguf", "tiny-coder-target-Q4_K_M.gguf"}) {
+    auto lm = load_gguf_model(shared_gguf() + "/" + file);
+    ASSERT_TRUE(lm) << lm.error().message;
+    const int V = lm->weights->config.n_vocab;
+    int agree = 0, total = 0;
+    for (const auto& pr : prompts) {
+      auto ids = pr["ids"].get<std::vector<int32_t>>();
+      auto want = pr["argmax_per_position"].get<std::vector<int>>();
+      auto logits = forward_all(*lm, ids);
+      for (size_t i = 0; i < ids.size(); ++i) {
+        const float* row = logits.data() + i * V;
+        agree += static_cast<int>(std::max_element(row, row + V) - row) == want[i];
+        ++total;
+      }
+      if (std::string(file).find("bf16") != std::string::npos) {
+        auto raw = test::base64_decode(pr["last_logits_f32_b64"].get<std::string>());
+        std::vector<float> ref(V);
+        std::memcpy(ref.data(), raw.data(), raw.size());
+        float md = 0;
+        for (int v = 0; v < V; ++v) md = std::max(md, std::fabs(ref[v] - logits[(ids.size() - 1) * V + v]));
+        EXPECT_LT(md, 1e-3f) << file;
+      }
+    }
+    std::printf("  %s: argmax agrees with transformers at %d/%d positions\n", file, agree, total);
+    if (std::string(file).find("bf16") != std::string::npos) EXPECT_EQ(agree, total);
+    else EXPECT_GE(agree, total * 85 / 100);
+  }
 }
 
 // ---------------------------------------------------------------- hostile files
