@@ -1,8 +1,10 @@
-// Fork-join thread pool for kernels: run(fn) calls fn(thread_index, n_threads) on every thread
-// (the caller is thread 0) and returns when all are done. Workers spin briefly between jobs
-// (a decode step issues hundreds of small jobs) and then sleep on a condition variable.
-// One pool per engine; run() must not be called concurrently from two threads.
+// Fork-join thread pool for kernels. Work is split into chunks that threads claim from a shared
+// counter, and the calling thread works too: if a worker is descheduled (a busy or shared
+// machine), the others take its chunks instead of waiting for it. Workers spin briefly between
+// jobs (a decode step issues hundreds of small jobs) and then sleep.
+// One owner: run()/parallel_for() must not be called concurrently from two threads.
 #pragma once
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
@@ -21,9 +23,17 @@ class ThreadPool {
   ThreadPool& operator=(const ThreadPool&) = delete;
 
   int size() const { return n_threads_; }
-  void run(const std::function<void(int ith, int nth)>& fn);
 
-  // Split [0, n) into contiguous chunks, one per thread, rounded to `grain`.
+  // Calls body(c) once for every c in [0, n_chunks), spread over the threads.
+  void run_chunks(int64_t n_chunks, const std::function<void(int64_t)>& body);
+
+  // fn(i, n) for i in [0, n_threads): a static split into as many parts as threads.
+  void run(const std::function<void(int ith, int nth)>& fn) {
+    run_chunks(n_threads_, [&](int64_t c) { fn(static_cast<int>(c), n_threads_); });
+  }
+
+  // Split [0, n) into contiguous ranges (multiples of `grain`, except the last), several per
+  // thread so that a late thread's share is picked up by the others.
   template <class F>
   void parallel_for(int64_t n, int64_t grain, F&& f) {
     if (n <= 0) return;
@@ -31,29 +41,33 @@ class ThreadPool {
       f(int64_t{0}, n);
       return;
     }
-    run([&](int ith, int nth) {
-      int64_t chunks = (n + grain - 1) / grain;
-      int64_t per = (chunks + nth - 1) / nth;
-      int64_t b = ith * per * grain, e = std::min<int64_t>(n, (ith + 1) * per * grain);
-      if (b < e) f(b, e);
-    });
+    const int64_t target = static_cast<int64_t>(n_threads_) * 4;
+    int64_t chunk = (n + target - 1) / target;
+    chunk = std::max<int64_t>(grain, (chunk + grain - 1) / grain * grain);
+    const int64_t n_chunks = (n + chunk - 1) / chunk;
+    run_chunks(n_chunks, [&](int64_t c) { f(c * chunk, std::min(n, (c + 1) * chunk)); });
   }
 
  private:
-  void worker(int ith);
+  void worker();
+  void work_on_job();
 
   int n_threads_;
   std::vector<std::thread> threads_;
-  const std::function<void(int, int)>* job_ = nullptr;  // valid while a run() is active
-  std::atomic<uint64_t> generation_{0};
-  std::atomic<int> pending_{0};
+  // The current job. `state_` packs (generation << 32) | closed bit (1 << 31) | active count:
+  // a worker joins only an open job of the generation it saw, so the caller can return as soon
+  // as the job is closed and no joined worker is still inside it.
+  const std::function<void(int64_t)>* body_ = nullptr;
+  int64_t n_chunks_ = 0;
+  std::atomic<int64_t> next_chunk_{0};
+  std::atomic<uint64_t> state_{0};
   std::atomic<bool> stop_{false};
   std::mutex mu_;
   std::condition_variable cv_;
   std::atomic<int> sleepers_{0};
 };
 
-// Number of threads to use when the user gives none: the physical cores available.
+// Number of threads to use when the user gives none: the cores this process may run on.
 int default_thread_count();
 
 }  // namespace merlin

@@ -82,10 +82,10 @@ void attention(ThreadPool& pool, const AttentionArgs& a) {
                       a.head_dim <= 256 && a.n_head / a.n_head_kv <= 16;
   const int64_t n_work = static_cast<int64_t>(a.n_tokens) * a.n_head_kv;
   const size_t n_scores = static_cast<size_t>(a.n_past + a.n_tokens) * (a.n_head / a.n_head_kv);
-  // Later tokens attend to more keys: interleave work items so threads get equal shares.
-  pool.run([&](int ith, int nth) {
+  // Work items of (token, kv head) claimed dynamically: later tokens attend to more keys.
+  pool.parallel_for(n_work, 1, [&](int64_t w0, int64_t w1) {
     std::vector<float> scores(n_scores);
-    for (int64_t w = ith; w < n_work; w += nth) {
+    for (int64_t w = w0; w < w1; ++w) {
       const int64_t t = w / a.n_head_kv;
       const int32_t kvh = static_cast<int32_t>(w % a.n_head_kv);
       if (avx512) detail::attention_avx512(a, t, kvh, scores.data());

@@ -1,0 +1,302 @@
+// The engine end to end (no HTTP): greedy identity with transformers through the batched loop,
+// batch invariance, speculative decoding identity, prefix reuse, preemption, cancellation.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <map>
+#include <thread>
+
+#include "../test_util.h"
+#include "engine/engine.h"
+#include "engine/spec.h"
+
+namespace merlin {
+namespace {
+
+LoadedModel& target() {
+  static LoadedModel m = [] {
+    auto r = load_model(test::model_dir("target"));
+    EXPECT_TRUE(r.has_value()) << (r ? "" : r.error().message);
+    return *r;
+  }();
+  return m;
+}
+
+std::shared_ptr<const ModelWeights> draft_weights() {
+  static std::shared_ptr<const ModelWeights> w = [] {
+    auto r = load_hf_weights(test::model_dir("draft"));
+    EXPECT_TRUE(r.has_value());
+    return std::shared_ptr<const ModelWeights>(*r);
+  }();
+  return w;
+}
+
+std::unique_ptr<Engine> make_engine(EngineOptions o = {}) {
+  if (o.n_threads == 0) o.n_threads = 2;
+  if (o.ctx_size == 0) o.ctx_size = 1024;
+  auto e = Engine::create(target(), o);
+  EXPECT_TRUE(e.has_value()) << (e ? "" : e.error().message);
+  return std::move(*e);
+}
+
+struct Out {
+  Ids tokens;
+  std::string text;
+  StreamEvent last;
+};
+
+Out collect(RequestStream& s) {
+  Out o;
+  StreamEvent ev;
+  for (;;) {
+    if (!s.next(ev, std::chrono::milliseconds(120000))) {
+      ADD_FAILURE() << "stream timed out";
+      return o;
+    }
+    o.tokens.insert(o.tokens.end(), ev.tokens.begin(), ev.tokens.end());
+    o.text += ev.text;
+    if (ev.done) {
+      o.last = ev;
+      return o;
+    }
+  }
+}
+
+GenerationRequest greedy(const Ids& prompt, int n) {
+  GenerationRequest r;
+  r.prompt = prompt;
+  r.max_tokens = n;
+  r.ignore_eos = true;  // the reference does not stop at <|endoftext|>
+  r.sampling.temperature = 0;
+  return r;
+}
+
+const nlohmann::json& prompts() { return test::reference()["models"]["target"]["prompts"]; }
+
+// Every reference prompt, all submitted at once: the batched loop must reproduce each
+// transformers greedy continuation exactly.
+void check_all_prompts(Engine& e, std::optional<SpecOptions> spec = std::nullopt) {
+  std::vector<std::unique_ptr<RequestStream>> streams;
+  for (const auto& p : prompts()) {
+    auto req = greedy(p["ids"].get<Ids>(), 48);
+    req.spec = spec;
+    auto s = e.submit(req);
+    ASSERT_TRUE(s.has_value()) << s.error().message;
+    streams.push_back(std::move(*s));
+  }
+  for (size_t i = 0; i < streams.size(); ++i) {
+    auto o = collect(*streams[i]);
+    EXPECT_EQ(o.tokens, prompts()[i]["greedy_48"].get<Ids>()) << prompts()[i]["text"];
+    EXPECT_EQ(o.last.finish, FinishReason::kLength);
+    EXPECT_EQ(o.last.usage.completion_tokens, 48);
+  }
+}
+
+TEST(Engine, GreedyAloneMatchesReference) {
+  auto e = make_engine();
+  for (const auto& p : prompts()) {
+    auto s = e->submit(greedy(p["ids"].get<Ids>(), 48));
+    ASSERT_TRUE(s.has_value());
+    auto o = collect(**s);
+    EXPECT_EQ(o.tokens, p["greedy_48"].get<Ids>()) << p["text"];
+    EXPECT_EQ(o.text, p["greedy_48_text"].get<std::string>()) << p["text"];
+  }
+}
+
+TEST(Engine, GreedyInsideBusyBatchMatchesReference) {
+  EngineOptions o;
+  o.max_running = 16;
+  o.max_batch_tokens = 64;  // forces chunked prefill interleaved with decoding
+  auto e = make_engine(o);
+  check_all_prompts(*e);
+}
+
+TEST(Engine, PreemptionWhenBlocksRunOutLosesNothing) {
+  EngineOptions o;
+  o.max_running = 9;
+  o.ctx_size = 128;
+  o.kv_tokens = 200;  // far less than 9 sequences need at once
+  auto e = make_engine(o);
+  check_all_prompts(*e);
+  EXPECT_GT(e->metrics().preemptions.load(), 0u);
+}
+
+TEST(Engine, SpeculativeGreedyIdenticalDraftLookupBoth) {
+  EngineOptions o;
+  o.max_running = 16;
+  o.draft = draft_weights();
+  auto e = make_engine(o);
+  for (auto [draft, lookup] : {std::pair{true, false}, {false, true}, {true, true}}) {
+    SpecOptions so;
+    so.use_draft = draft;
+    so.use_lookup = lookup;
+    check_all_prompts(*e, so);
+  }
+  EXPECT_GT(e->metrics().spec_accepted.load(), 0u);
+}
+
+TEST(Engine, VocabularyMismatchRefused) {
+  auto w = std::make_shared<ModelWeights>();
+  w->config = draft_weights()->config;
+  w->config.n_vocab = 1000;
+  EngineOptions o;
+  o.draft = w;
+  auto e = Engine::create(target(), o);
+  ASSERT_FALSE(e.has_value());
+  EXPECT_NE(e.error().message.find("vocabulary"), std::string::npos);
+}
+
+TEST(Engine, PrefixReuseHitsAndGivesIdenticalResult) {
+  auto e = make_engine();
+  const auto& tok = *target().tokenizer;
+  std::string text;
+  for (int i = 0; i < 40; ++i) text += "def function_" + std::to_string(i) + "(x):\n    return x * " + std::to_string(i) + "\n\n";
+  Ids prompt = tok.encode(text, false);
+  ASSERT_GT(prompt.size(), 300u);
+  auto a = collect(**e->submit(greedy(prompt, 24)));
+  const auto hits0 = e->metrics().prefix_cache_hits.load();
+  auto b = collect(**e->submit(greedy(prompt, 24)));
+  const auto hits1 = e->metrics().prefix_cache_hits.load();
+  EXPECT_GE(hits1 - hits0, prompt.size() - 16);
+  EXPECT_EQ(b.last.usage.cached_tokens, static_cast<int32_t>(hits1 - hits0));
+  EXPECT_EQ(a.tokens, b.tokens);
+  // Without the cache (a fresh engine with prefix caching off) the result is the same.
+  EngineOptions o;
+  o.prefix_cache = false;
+  auto e2 = make_engine(o);
+  auto c = collect(**e2->submit(greedy(prompt, 24)));
+  EXPECT_EQ(a.tokens, c.tokens);
+  EXPECT_EQ(e2->metrics().prefix_cache_hits.load(), 0u);
+}
+
+TEST(Engine, CancelEndsPromptlyAndFreesBlocks) {
+  EngineOptions o;
+  o.prefix_cache = false;
+  auto e = make_engine(o);
+  auto s = e->submit(greedy(target().tokenizer->encode("int main() {", false), 900));
+  ASSERT_TRUE(s.has_value());
+  StreamEvent ev;
+  ASSERT_TRUE((*s)->next(ev, std::chrono::milliseconds(20000)));
+  auto t0 = std::chrono::steady_clock::now();
+  (*s)->cancel();
+  auto o2 = collect(**s);
+  EXPECT_EQ(o2.last.finish, FinishReason::kCancelled);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(2));
+  for (int i = 0; i < 100 && e->metrics().kv_blocks_used.load() != 0; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  EXPECT_EQ(e->metrics().kv_blocks_used.load(), 0);
+}
+
+TEST(Engine, SupersedeSameClientCancelsOlder) {
+  auto e = make_engine();
+  auto req = greedy(target().tokenizer->encode("class Foo:", false), 500);
+  req.client_id = "editor-1";
+  req.supersede_same_client = true;
+  req.priority = Priority::kCompletion;
+  auto a = e->submit(req);
+  auto b = e->submit(req);
+  auto oa = collect(**a);
+  EXPECT_EQ(oa.last.finish, FinishReason::kCancelled);
+  (*b)->cancel();
+  collect(**b);
+}
+
+TEST(Engine, StopStringsAndBadRequests) {
+  auto e = make_engine();
+  const auto& p = prompts()[0];
+  auto full = p["greedy_48_text"].get<std::string>();
+  // Stop at a string that occurs in the greedy text: output is the text before it.
+  std::string stop = full.substr(10, 3);
+  auto req = greedy(p["ids"].get<Ids>(), 48);
+  req.stop = {stop};
+  auto o = collect(**e->submit(req));
+  EXPECT_EQ(o.text, full.substr(0, full.find(stop)));
+  EXPECT_EQ(o.last.finish, FinishReason::kStop);
+  EXPECT_FALSE(e->submit(greedy({}, 4)).has_value());
+  EXPECT_FALSE(e->submit(greedy({1, 2, 999999}, 4)).has_value());
+  EXPECT_FALSE(e->submit(greedy({1, 2, 3}, 5000)).has_value());  // beyond ctx 1024
+}
+
+TEST(Engine, SeededSamplingIsReproducible) {
+  auto e = make_engine();
+  GenerationRequest r = greedy(prompts()[1]["ids"].get<Ids>(), 32);
+  r.sampling.temperature = 0.9f;
+  r.sampling.top_p = 0.9f;
+  r.sampling.seed = 1234;
+  auto a = collect(**e->submit(r));
+  auto b = collect(**e->submit(r));
+  EXPECT_EQ(a.tokens, b.tokens);
+  r.sampling.seed = 4321;
+  auto c = collect(**e->submit(r));
+  EXPECT_NE(a.tokens, c.tokens);
+}
+
+TEST(Spec, PromptLookupFindsLatestMatch) {
+  Ids t = {1, 2, 3, 4, 5, 9, 1, 2, 3, 7, 8, 1, 2, 3};
+  EXPECT_EQ(Speculator::lookup(t, 3), (Ids{7, 8, 1}));
+  EXPECT_EQ(Speculator::lookup({1, 2, 3}, 3), Ids{});
+}
+
+// Speculative sampling must leave the output distribution equal to the target's. Two-sample
+// chi-square test on the 2nd and 3rd generated tokens (the first speculated ones) between
+// plain and draft-speculative sampling, over many seeds.
+TEST(Spec, SamplingDistributionMatchesTarget) {
+  EngineOptions o;
+  o.max_running = 64;
+  o.draft = draft_weights();
+  auto e = make_engine(o);
+  Ids prompt = target().tokenizer->encode("for i in range(", false);
+  const int N = 1200;
+  std::map<std::pair<int, TokenId>, std::array<int, 2>> counts;
+  for (int mode = 0; mode < 2; ++mode) {
+    std::vector<std::unique_ptr<RequestStream>> ss;
+    for (int i = 0; i < N; ++i) {
+      GenerationRequest r = greedy(prompt, 3);
+      r.sampling.temperature = 1.0f;
+      r.sampling.top_k = 8;
+      r.sampling.seed = 1000 + i + mode * 100000;
+      SpecOptions so;
+      so.use_draft = mode == 1;
+      so.use_lookup = false;
+      r.spec = so;
+      ss.push_back(std::move(*e->submit(r)));
+    }
+    for (auto& s : ss) {
+      auto out = collect(*s);
+      ASSERT_EQ(out.tokens.size(), 3u);
+      counts[{1, out.tokens[1]}][mode]++;
+      counts[{2, out.tokens[2]}][mode]++;
+    }
+  }
+  EXPECT_GT(e->metrics().spec_proposed.load(), 0u);
+  for (int pos = 1; pos <= 2; ++pos) {
+    // Pool categories with few observations into one bucket.
+    double chi2 = 0;
+    int dof = -1;
+    std::array<double, 2> rest{0, 0};
+    auto add = [&](double a, double b) {
+      const double n = a + b;
+      const double ea = n / 2, eb = n / 2;  // equal sample sizes
+      chi2 += (a - ea) * (a - ea) / ea + (b - eb) * (b - eb) / eb;
+      ++dof;
+    };
+    for (auto& [k, v] : counts) {
+      if (k.first != pos) continue;
+      if (v[0] + v[1] < 20) {
+        rest[0] += v[0];
+        rest[1] += v[1];
+      } else {
+        add(v[0], v[1]);
+      }
+    }
+    if (rest[0] + rest[1] > 0) add(rest[0], rest[1]);
+    ASSERT_GE(dof, 2) << "too few categories to test";
+    // Critical value at p = 0.001 (Wilson-Hilferty approximation of the chi-square quantile).
+    const double z = 3.09, k = dof;
+    const double crit = k * std::pow(1 - 2 / (9 * k) + z * std::sqrt(2 / (9 * k)), 3);
+    EXPECT_LT(chi2, crit) << "position " << pos << ", dof " << dof;
+  }
+}
+
+}  // namespace
+}  // namespace merlin
