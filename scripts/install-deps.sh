@@ -5,9 +5,13 @@ set -euo pipefail
 pkgs=(build-essential cmake pkg-config git ca-certificates
       libcpp-httplib-dev nlohmann-json3-dev libpcre2-dev libutf8proc-dev libsentencepiece-dev sentencepiece
       libopenblas-openmp-dev libspdlog-dev libfmt-dev libcli11-dev libxxhash-dev libsqlite3-dev
-      libgtest-dev libgmock-dev libbenchmark-dev python3 nodejs npm curl)
+      libgtest-dev libgmock-dev libbenchmark-dev python3 curl)
 fuzz=(clang-19 libclang-rt-19-dev)
 missing=()
+# Node.js and npm for the end-to-end tests: Debian's, unless the machine already has them
+# (a Node installed another way conflicts with Debian's npm package).
+command -v node >/dev/null || pkgs+=(nodejs)
+command -v npm >/dev/null || pkgs+=(npm)
 for p in "${pkgs[@]}" ${MERLIN_FUZZ_DEPS:+"${fuzz[@]}"}; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
