@@ -27,6 +27,10 @@ struct ServeArgs {
   size_t max_body_bytes = 8u << 20;
   int http_threads = 0;
   bool no_prefix_cache = false;
+  double fim_time_budget_ms = 1000;
+  bool fim_spm = false;
+  bool no_priority_lane = false;
+  std::string kv_type = "f32";
 };
 
 int run_serve(const ServeArgs& a) {
@@ -46,6 +50,7 @@ int run_serve(const ServeArgs& a) {
   eo.max_running = a.parallel;
   eo.ctx_size = a.ctx;
   eo.prefix_cache = !a.no_prefix_cache;
+  eo.kv_type = kv_type_from_name(a.kv_type).value_or(DType::F32);
   auto engine = Engine::create(std::move(*model), eo);
   if (!engine) {
     fmt::print(stderr, "error: {}\n", engine.error().message);
@@ -57,6 +62,9 @@ int run_serve(const ServeArgs& a) {
   so.api_key = a.api_key;
   so.max_body_bytes = a.max_body_bytes;
   so.http_threads = a.http_threads > 0 ? a.http_threads : std::max(64, 4 * a.parallel);
+  so.fim.default_time_budget_ms = a.fim_time_budget_ms;
+  so.fim.order = a.fim_spm ? server::FimOrder::kSpm : server::FimOrder::kPsm;
+  so.fim.priority_lane = !a.no_priority_lane;
   auto srv = server::HttpServer::create(**engine, so);
   if (!srv) {
     fmt::print(stderr, "error: {}\n", srv.error().message);
@@ -93,9 +101,14 @@ const CommandRegistrar reg("serve", "OpenAI- and Anthropic-compatible HTTP serve
   app.add_option("--parallel", a->parallel, "Sequences decoded together")->check(CLI::Range(1, 4096));
   app.add_option("--ctx", a->ctx, "Context size per sequence (0: model's)")->check(CLI::Range(0, 1 << 24));
   app.add_option("--threads", a->threads, "Compute threads (0: all cores)")->check(CLI::Range(0, 4096));
+  app.add_option("--kv-type", a->kv_type, "KV cache storage: f32 or q8_0")->check(CLI::IsMember({"f32", "q8_0"}));
   app.add_option("--max-body-bytes", a->max_body_bytes, "Largest request body accepted (413 beyond)");
   app.add_option("--http-threads", a->http_threads, "HTTP worker threads (0: max(64, 4 x parallel))");
   app.add_flag("--no-prefix-cache", a->no_prefix_cache, "Disable prefix caching");
+  app.add_option("--fim-time-budget-ms", a->fim_time_budget_ms,
+                 "FIM: stop a suggestion this long after its first token unless the request says (0: off)");
+  app.add_flag("--fim-spm", a->fim_spm, "FIM: suffix-prefix-middle order (models trained on SPM)");
+  app.add_flag("--no-priority-lane", a->no_priority_lane, "FIM requests run as chat (benchmark baseline)");
   return [a] { return run_serve(*a); };
 });
 

@@ -11,6 +11,7 @@
 
 #include "core/log.h"
 #include "server/api_error.h"
+#include "server/fim.h"
 #include "server/request_parse.h"
 #include "tokenizer/chat_template.h"
 
@@ -104,6 +105,7 @@ struct HttpServer::Impl {
   std::string bos_str, eos_str;
   ParseContext pctx;
   httplib::Server svr;
+  std::unique_ptr<FimRoutes> fim;  // /infill, /v1/fim/completions, suffix on /v1/completions
   std::atomic<bool> stopping{false};
   std::atomic<int> active{0};  // generation requests in flight (handlers and stream providers)
   std::mutex stop_mu;
@@ -380,6 +382,7 @@ struct HttpServer::Impl {
     constexpr ApiKind kK = ApiKind::kOpenAI;
     auto body = preamble(req, res, kK);
     if (!body) return;
+    if (fim && FimRoutes::is_fim_completion(*body)) return fim->handle_openai_completion(*body, req, res);
     auto r = parse_completion_request(*body, pctx);
     if (!r) return send_error(res, kK, r.error());
 
@@ -739,6 +742,10 @@ struct HttpServer::Impl {
       };
     };
     svr.Post("/v1/completions", gen_route(&Impl::handle_completions));
+    fim = std::make_unique<FimRoutes>(FimHost{engine, pctx.model_name, opt.fim,
+                                              [this](const httplib::Request& r) { return check_auth(r, ApiKind::kOpenAI); },
+                                              [this] { return stopping.load(); }, &active});
+    fim->register_routes(svr);
     svr.Post("/v1/chat/completions", gen_route(&Impl::handle_chat));
     svr.Post("/v1/messages", gen_route(&Impl::handle_messages));
     svr.Post("/v1/messages/count_tokens", gen_route(&Impl::handle_count_tokens));

@@ -12,6 +12,7 @@
 
 #include "core/status.h"
 #include "engine/engine.h"
+#include "server/fim.h"
 
 namespace merlin::server {
 
@@ -23,6 +24,7 @@ struct ServerOptions {
   int http_threads = 0;             // 0: enough for every running sequence plus waiting ones
   int read_timeout_s = 60;
   int write_timeout_s = 60;
+  FimOptions fim;                   // code completion (server/fim.h)
 };
 
 class HttpServer {
