@@ -21,6 +21,7 @@ inline __mmask16 mask_hi(int nb) {
 
 template <int MR>
 inline void load_acc(__m512 (&acc)[MR][2], float* y, int64_t ldy, int nb, bool accumulate) {
+#pragma GCC unroll 8
   for (int r = 0; r < MR; ++r) {
     if (accumulate) {
       acc[r][0] = _mm512_maskz_loadu_ps(mask_lo(nb), y + r * ldy);
@@ -33,6 +34,7 @@ inline void load_acc(__m512 (&acc)[MR][2], float* y, int64_t ldy, int nb, bool a
 
 template <int MR>
 inline void store_acc(__m512 (&acc)[MR][2], float* y, int64_t ldy, int nb) {
+#pragma GCC unroll 8
   for (int r = 0; r < MR; ++r) {
     _mm512_mask_storeu_ps(y + r * ldy, mask_lo(nb), acc[r][0]);
     _mm512_mask_storeu_ps(y + r * ldy + 16, mask_hi(nb), acc[r][1]);
@@ -54,6 +56,7 @@ void micro_bf16w(const float* x, int64_t ldx, const uint16_t* p, int kb, float* 
     __m512 w1e = _mm512_castsi512_ps(_mm512_slli_epi32(b, 16));
     __m512 w0o = _mm512_castsi512_ps(_mm512_and_si512(a, hi));
     __m512 w1o = _mm512_castsi512_ps(_mm512_and_si512(b, hi));
+#pragma GCC unroll 8
     for (int r = 0; r < MR; ++r) {
       __m512 xe = _mm512_set1_ps(x[r * ldx + t]);
       __m512 xo = _mm512_set1_ps(x[r * ldx + t + 1]);
@@ -75,6 +78,7 @@ void micro_bf16x(const uint16_t* x, int64_t ldx, const uint16_t* p, int kb, floa
   for (int t = 0; t < kb; t += 2) {
     __m512bh w0 = (__m512bh)_mm512_load_si512(p + t * 32);
     __m512bh w1 = (__m512bh)_mm512_load_si512(p + t * 32 + 32);
+#pragma GCC unroll 8
     for (int r = 0; r < MR; ++r) {
       uint32_t pair;
       std::memcpy(&pair, x + r * ldx + t, 4);
@@ -95,6 +99,7 @@ void micro_f32w(const float* x, int64_t ldx, const float* p, int kb, float* y, i
   for (int t = 0; t < kb; ++t) {
     __m512 w0 = _mm512_load_ps(p + t * 32);
     __m512 w1 = _mm512_load_ps(p + t * 32 + 16);
+#pragma GCC unroll 8
     for (int r = 0; r < MR; ++r) {
       __m512 xb = _mm512_set1_ps(x[r * ldx + t]);
       acc[r][0] = _mm512_fmadd_ps(xb, w0, acc[r][0]);
