@@ -32,7 +32,7 @@ double median(std::vector<double> v) {
 }
 
 struct Args {
-  std::string model = default_model_path(), precision = "f32", draft;
+  std::string model = default_model_path(), precision = "f32", draft, kv_type = "f32";
   int32_t pp = 512, tg = 128, threads = 0, reps = 5;
   bool json = false, lookup = false;
 };
@@ -110,7 +110,12 @@ int run(const Args& a) {
   Model model(m->weights);
   const int32_t bs = 16, V = c.n_vocab;
   const int32_t ctx = a.pp + a.tg + 16;
-  KvCache kv(c, (ctx + bs - 1) / bs, bs);
+  const DType kv_type = kv_type_from_name(a.kv_type).value_or(DType::F32);
+  if (auto st = KvCache::supported_type(c, kv_type); !st.ok()) {
+    fmt::print(stderr, "error: {}\n", st.message);
+    return 1;
+  }
+  KvCache kv(c, (ctx + bs - 1) / bs, bs, kv_type);
   std::vector<int32_t> table(kv.n_blocks());
   for (int32_t i = 0; i < kv.n_blocks(); ++i) table[i] = i;
   ForwardOptions fo;
@@ -250,6 +255,7 @@ CommandRegistrar reg("bench", "Benchmark prompt processing and generation agains
   app.add_option("--precision", a->precision, "Matmul precision for pp: f32 (exact) or bf16")
       ->check(CLI::IsMember({"f32", "bf16"}))->capture_default_str();
   app.add_option("--draft", a->draft, "Also measure speculative generation with this draft model");
+  app.add_option("--kv-type", a->kv_type, "KV cache storage for pp/tg: f32 or q8_0")->check(CLI::IsMember({"f32", "q8_0"}));
   app.add_flag("--lookup", a->lookup, "Also measure speculative generation with prompt lookup");
   app.add_flag("--json", a->json, "Print one JSON object (pp_tps, tg_tps, tg_bw_fraction, pp_blas_fraction, ...)");
   return [a] { return run(*a); };

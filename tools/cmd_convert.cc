@@ -202,10 +202,6 @@ int run_convert(const ConvertArgs& a) {
   }
   std::shared_ptr<ModelWeights> wp = *wr;
   const ModelConfig& c = wp->config;
-  if (c.rope_scaling == RopeScaling::kLlama3) {
-    fmt::print(stderr, "error: {}: Llama 3.1 rope scaling (rope_freqs tensor) is not supported by the converter yet\n", a.in);
-    return 1;
-  }
   // llama.cpp converts mistral checkpoints with the llama architecture.
   const std::string arch = c.arch == "qwen2" ? "qwen2" : "llama";
   const bool permute = arch == "llama";
@@ -249,6 +245,15 @@ int run_convert(const ConvertArgs& a) {
     s.name = gname;
     w.add_tensor(gname, dt, src.shape, [s, dt, ord, pool, wp]() { return gguf_convert_tensor(s, dt, ord.get(), pool.get()); });
   };
+  // Llama 3 rope scaling goes in as llama.cpp writes it: no scaling keys, a rope_freqs.weight
+  // tensor of per-frequency divisors, first in the file (convert_hf_to_gguf's extra tensors).
+  if (auto rf = gguf_llama3_rope_freq_factors(c); !rf.empty()) {
+    const int64_t n = static_cast<int64_t>(rf.size());
+    w.add_tensor("rope_freqs.weight", DType::F32, {n}, [rf]() {
+      auto* p = reinterpret_cast<const uint8_t*>(rf.data());
+      return Result<std::vector<uint8_t>>(std::vector<uint8_t>(p, p + rf.size() * sizeof(float)));
+    });
+  }
   add("token_embd.weight", wp->tok_embd, nullptr);
   for (int32_t i = 0; i < c.n_layer; ++i) {
     const auto& L = wp->layers[i];

@@ -13,7 +13,7 @@ namespace merlin::cli {
 namespace {
 
 struct RunArgs {
-  std::string model, prompt, draft, precision = "f32";
+  std::string model, prompt, draft, precision = "f32", kv_type = "f32";
   int32_t n = 128, top_k = 40, threads = 0, ctx = 0, max_draft = 8;
   float temp = 0.8f, top_p = 0.95f, min_p = 0.05f, repeat_penalty = 1.0f, presence = 0, frequency = 0;
   int64_t seed = -1;
@@ -28,6 +28,11 @@ int run(const RunArgs& a) {
   eo.n_threads = a.threads;
   eo.max_running = 1;
   eo.precision = a.precision == "bf16" ? Precision::kBF16 : Precision::kF32;
+  eo.kv_type = kv_type_from_name(a.kv_type).value_or(DType::F32);
+  if (auto st = KvCache::supported_type(m->weights->config, eo.kv_type); !st.ok()) {
+    fmt::print(stderr, "error: {}\n", st.message);
+    return 1;
+  }
   std::shared_ptr<const Tokenizer> tok = m->tokenizer;
   Ids prompt = tok->encode(a.prompt, true, tok->info().add_bos);
   if (prompt.empty()) {
@@ -140,6 +145,8 @@ CommandRegistrar reg("run", "Generate text from a prompt (streams to stdout, the
   app.add_option("-c,--ctx", a->ctx, "Context size in tokens (0 = enough for prompt + n, at least 4096)");
   app.add_option("--precision", a->precision, "Matmul precision for prompt batches: f32 (exact) or bf16 (faster)")
       ->check(CLI::IsMember({"f32", "bf16"}))->capture_default_str();
+  app.add_option("--kv-type", a->kv_type, "KV cache storage: f32 (exact) or q8_0 (3.8x smaller)")
+      ->check(CLI::IsMember({"f32", "q8_0"}))->capture_default_str();
   app.add_option("--draft", a->draft, "Draft model for speculative decoding (same vocabulary)");
   app.add_flag("--lookup", a->lookup, "Prompt-lookup (n-gram) speculative decoding");
   app.add_option("--max-draft", a->max_draft, "Longest speculative proposal")->capture_default_str();

@@ -75,7 +75,7 @@ Result<std::unique_ptr<Engine>> Engine::create(LoadedModel model, EngineOptions 
   auto& I = *e->impl_;
   I.pool = std::make_unique<ThreadPool>(o.n_threads);
   I.model = std::make_unique<Model>(e->model_.weights);
-  I.kv = std::make_unique<KvCache>(e->config(), n_blocks, o.block_size);
+  I.kv = std::make_unique<KvCache>(e->config(), n_blocks, o.block_size, o.kv_type);
   I.blocks = std::make_unique<BlockPool>(n_blocks, o.block_size);
   e->metrics_.kv_blocks_total = n_blocks;
   if (o.draft || o.spec_default.use_lookup) {

@@ -105,6 +105,7 @@ struct EngineOptions {
   int32_t max_batch_tokens = 256;      // tokens per step: prompt chunks are cut to fit
   bool prefix_cache = true;
   Precision precision = Precision::kF32;
+  DType kv_type = DType::F32;          // KV cache storage: F32 or Q8_0 (--kv-type)
   std::shared_ptr<const ModelWeights> draft;  // optional draft model (same vocabulary)
   SpecOptions spec_default;            // used when a request does not say
 };
@@ -127,6 +128,7 @@ class Engine {
   const LoadedModel& model() const { return model_; }
   int32_t ctx_size() const { return ctx_size_; }
   EngineMetrics& metrics() { return metrics_; }
+  const EngineOptions& options() const { return opt_; }
   bool has_draft() const { return opt_.draft != nullptr; }
 
  private:

@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "core/cpu.h"
+#include "kernels/quant.h"
 
 namespace merlin {
 
@@ -36,19 +37,30 @@ void add_inplace(float* y, const float* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] += x[i];
 }
 
+namespace detail {
+const float* kv_row(const AttentionArgs& a, const void* base, int64_t j, int32_t kvh, float* buf) {
+  const int64_t slot = static_cast<int64_t>(a.block_table[j / a.block_size]) * a.block_size + j % a.block_size;
+  const int64_t row = static_cast<int64_t>(a.n_head_kv) * a.head_dim;
+  if (a.kv_type == DType::F32) return static_cast<const float*>(base) + slot * row + kvh * a.head_dim;
+  const auto* p = static_cast<const uint8_t*>(base) + slot * row_bytes(a.kv_type, row) +
+                  row_bytes(a.kv_type, static_cast<int64_t>(kvh) * a.head_dim);
+  quant_dequantize_row(a.kv_type, p, buf, a.head_dim);
+  return buf;
+}
+}  // namespace detail
+
 // Plain attention for one token and one kv head group, used by both attention_ref and the
 // portable path of attention().
 static void attend_one(const AttentionArgs& a, int64_t t, int32_t kvh, float* scores) {
   const int32_t d = a.head_dim, group = a.n_head / a.n_head_kv;
   const int64_t n_keys = a.n_past + t + 1;
-  const int64_t row = static_cast<int64_t>(a.n_head_kv) * d;
+  std::vector<float> buf(a.kv_type == DType::F32 ? 0 : d);  // dequantized row of a q8_0 cache
   for (int32_t g = 0; g < group; ++g) {
     const int32_t h = kvh * group + g;
     const float* q = a.q + (t * a.n_head + h) * d;
     float mx = -INFINITY;
     for (int64_t j = 0; j < n_keys; ++j) {
-      const float* k = a.k + (static_cast<int64_t>(a.block_table[j / a.block_size]) * a.block_size +
-                              j % a.block_size) * row + kvh * d;
+      const float* k = detail::kv_row(a, a.k, j, kvh, buf.data());
       float s = 0;
       for (int32_t i = 0; i < d; ++i) s += q[i] * k[i];
       s *= a.scale;
@@ -63,8 +75,7 @@ static void attend_one(const AttentionArgs& a, int64_t t, int32_t kvh, float* sc
     float* o = a.out + (t * a.n_head + h) * d;
     for (int32_t i = 0; i < d; ++i) o[i] = 0;
     for (int64_t j = 0; j < n_keys; ++j) {
-      const float* v = a.v + (static_cast<int64_t>(a.block_table[j / a.block_size]) * a.block_size +
-                              j % a.block_size) * row + kvh * d;
+      const float* v = detail::kv_row(a, a.v, j, kvh, buf.data());
       const float p = scores[j] / sum;
       for (int32_t i = 0; i < d; ++i) o[i] += p * v[i];
     }

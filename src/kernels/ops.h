@@ -3,6 +3,7 @@
 #pragma once
 #include <cstdint>
 
+#include "core/dtype.h"
 #include "core/thread_pool.h"
 
 namespace merlin {
@@ -22,8 +23,11 @@ struct AttentionArgs {
   float* out = nullptr;             // [n_tokens, n_head, head_dim]
   int32_t n_tokens = 0, n_head = 0, n_head_kv = 0, head_dim = 0;
   int32_t n_past = 0;               // token t is at position n_past + t and sees keys 0..n_past+t
-  const float* k = nullptr;         // layer's key storage: [n_blocks][block_size][n_head_kv][head_dim]
-  const float* v = nullptr;         // same layout for values
+  // Layer's key storage: [n_blocks][block_size][n_head_kv][head_dim] as f32, or for kv_type
+  // Q8_0 the same rows as BlockQ8_0 (head_dim a multiple of 32, so each head owns its blocks).
+  const void* k = nullptr;
+  const void* v = nullptr;          // same layout for values
+  DType kv_type = DType::F32;
   const int32_t* block_table = nullptr;
   int32_t block_size = 0;
   float scale = 0;                  // 1/sqrt(head_dim)
@@ -31,6 +35,9 @@ struct AttentionArgs {
 void attention(ThreadPool& pool, const AttentionArgs& a);
 void attention_ref(const AttentionArgs& a);
 namespace detail {
+// Keys/values of token slot j (position j of the sequence) for kv head kvh, as f32: a pointer
+// into the cache for F32, else dequantized into buf (head_dim floats).
+const float* kv_row(const AttentionArgs& a, const void* base, int64_t j, int32_t kvh, float* buf);
 void attention_avx512(const AttentionArgs& a, int64_t t, int32_t kvh, float* scores);
 }
 

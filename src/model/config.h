@@ -3,6 +3,7 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "core/status.h"
 
@@ -27,6 +28,9 @@ struct ModelConfig {
   float rope_high_freq_factor = 4.0f;       // llama3
   int32_t rope_orig_max_pos = 8192;         // llama3 original_max_position_embeddings
   int32_t max_pos = 4096;                   // max_position_embeddings
+  // Per-frequency divisors of inv_freq ([head_dim/2]; empty = none): GGUF's rope_freqs.weight,
+  // which is how llama.cpp stores Llama 3 rope scaling (the file has no llama3 scaling keys).
+  std::vector<float> rope_freq_factors;
   bool tie_embeddings = false;
   bool qkv_bias = false;                    // Qwen2 (and attention_bias: true)
   int32_t sliding_window = 0;               // informational; 0 = none

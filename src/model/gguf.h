@@ -102,6 +102,10 @@ Result<TokenizerVocab> gguf_tokenizer_vocab(const GgufFile& g);
 // HF row h*head_dim/2+i. `to_gguf` false gives the inverse. Returns, for each destination row,
 // its source row.
 std::vector<int64_t> gguf_qk_row_order(int64_t n_rows, int64_t head_dim, bool to_gguf);
+// The rope_freqs.weight tensor llama.cpp's converter writes for Llama 3 rope scaling: for each
+// of the head_dim/2 frequencies the divisor of the unscaled inv_freq (1, factor, or the smooth
+// blend), computed in f32 as convert_hf_to_gguf does. Empty unless c.rope_scaling is kLlama3.
+std::vector<float> gguf_llama3_rope_freq_factors(const ModelConfig& c);
 
 // Target file types of `merlin convert` / `merlin quantize`, with llama.cpp's llama_ftype
 // numbers (written as general.file_type).

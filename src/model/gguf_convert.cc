@@ -1,7 +1,9 @@
 // Conversion helpers of `merlin convert` / `merlin quantize`: llama.cpp's per-tensor type
 // recipes and tensor re-encoding. Kept apart from gguf.cc so the parser builds without kernels.
 #include <cctype>
+#include <cmath>
 #include <cstring>
+#include <numbers>
 
 #include "kernels/matmul.h"
 #include "kernels/quant.h"
@@ -95,6 +97,30 @@ DType gguf_choose_tensor_type(GgufFileType ft, const GgufTensorContext& t) {
   }
   if (nx % dtype_info(ty).block_elems != 0) ty = DType::F16;
   return ty;
+}
+
+std::vector<float> gguf_llama3_rope_freq_factors(const ModelConfig& c) {
+  std::vector<float> out;
+  if (c.rope_scaling != RopeScaling::kLlama3) return out;
+  const int32_t half = c.head_dim / 2;
+  // old_context_len: llama.cpp reads original_max_position_embeddings from the top-level
+  // hparams (default 8192); real Llama 3.x configs keep it in rope_scaling as 8192, which is
+  // what ModelConfig holds, so both agree on released models.
+  const float old_ctx = static_cast<float>(c.rope_orig_max_pos);
+  const float low_wavelen = old_ctx / c.rope_low_freq_factor, high_wavelen = old_ctx / c.rope_high_freq_factor;
+  for (int32_t i = 0; i < half; ++i) {
+    const float freq = 1.0f / std::pow(c.rope_theta, static_cast<float>(2 * i) / static_cast<float>(c.head_dim));
+    const float wavelen = 2.0f * std::numbers::pi_v<float> / freq;
+    if (wavelen < high_wavelen) {
+      out.push_back(1.0f);
+    } else if (wavelen > low_wavelen) {
+      out.push_back(c.rope_factor);
+    } else {
+      const float smooth = (old_ctx / wavelen - c.rope_low_freq_factor) / (c.rope_high_freq_factor - c.rope_low_freq_factor);
+      out.push_back(1.0f / ((1.0f - smooth) / c.rope_factor + smooth));
+    }
+  }
+  return out;
 }
 
 }  // namespace merlin

@@ -1,5 +1,6 @@
 // GGUF route of load_model(): hyperparameters and tokenizer from metadata, weights zero-copy from
 // the mapping except norms (converted to f32) and Q/K of `llama` files (rows un-permuted).
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 
@@ -107,8 +108,18 @@ Result<LoadedModel> load_gguf_model(const std::string& path) {
     GET(p + "ffn_down.weight", (S{E, c.n_ff}), L.w_down, true);
   }
 #undef GET
-  if (g.find_tensor("rope_freqs.weight"))
-    return Errf(Code::kUnsupported, "{}: per-dimension rope factors (rope_freqs.weight, Llama 3.1 scaling) are not supported yet", path);
+  // Llama 3 rope scaling: llama.cpp stores the per-frequency divisors, not the formula's inputs.
+  if (auto* rf = g.find_tensor("rope_freqs.weight")) {
+    Tensor t = rf->tensor();
+    if (t.dtype != DType::F32 || t.shape != std::vector<int64_t>{D / 2})
+      return Errf(Code::kCorrupt, "{}: rope_freqs.weight must be f32 [{}], not {} [{}]", path, D / 2,
+                  dtype_name(t.dtype), fmt::join(t.shape, ", "));
+    auto* f = static_cast<const float*>(t.data);
+    for (int64_t i = 0; i < D / 2; ++i)
+      if (!(f[i] > 0) || !std::isfinite(f[i]))
+        return Errf(Code::kCorrupt, "{}: rope_freqs.weight[{}] = {} is not a positive number", path, i, f[i]);
+    w->config.rope_freq_factors.assign(f, f + D / 2);
+  }
 
   // f32/f16/bf16 matrices are repacked for the matmul kernels, as for HF folders.
   pack_weights(*w);

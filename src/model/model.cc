@@ -28,6 +28,7 @@ Model::Model(std::shared_ptr<const ModelWeights> w) : w_(std::move(w)) {
         f = (1 - smooth) * f / c.rope_factor + smooth * f;
       }
     }
+    if (!c.rope_freq_factors.empty()) f /= c.rope_freq_factors[i];  // loader checked the length
     inv_freq_[i] = f;
   }
 }
@@ -108,8 +109,7 @@ Status Model::forward(ThreadPool& pool, const StepBatch& b, KvCache& kv, float* 
       for (int32_t i = 0; i < s.n_tokens; ++i) {
         const int32_t p = s.n_past + i;
         const int32_t blk = s.block_table[p / kv.block_size()], slot = p % kv.block_size();
-        std::copy_n(k_.data() + (s.start + i) * KD, KD, kv.k_slot(l, blk, slot));
-        std::copy_n(v_.data() + (s.start + i) * KD, KD, kv.v_slot(l, blk, slot));
+        kv.write_slot(l, blk, slot, k_.data() + (s.start + i) * KD, v_.data() + (s.start + i) * KD);
       }
     }
     for (const auto& s : b.seqs) {
@@ -117,7 +117,7 @@ Status Model::forward(ThreadPool& pool, const StepBatch& b, KvCache& kv, float* 
       a.q = q_.data() + s.start * QD;
       a.out = att_.data() + s.start * QD;
       a.n_tokens = s.n_tokens; a.n_head = c.n_head; a.n_head_kv = c.n_head_kv; a.head_dim = c.head_dim;
-      a.n_past = s.n_past; a.k = kv.k(l); a.v = kv.v(l); a.block_table = s.block_table;
+      a.n_past = s.n_past; a.k = kv.k(l); a.v = kv.v(l); a.kv_type = kv.type(); a.block_table = s.block_table;
       a.block_size = kv.block_size(); a.scale = 1.0f / std::sqrt(static_cast<float>(D));
       attention(pool, a);
     }

@@ -37,6 +37,8 @@ class Model {
   explicit Model(std::shared_ptr<const ModelWeights> w);
   const ModelConfig& config() const { return w_->config; }
   const ModelWeights& weights() const { return *w_; }
+  // Rotary inverse frequencies after scaling [head_dim/2] (tests compare the HF and GGUF routes).
+  const std::vector<float>& inv_freq() const { return inv_freq_; }
 
   // Writes logits [logit_rows.size(), n_vocab] to `logits`. One thread at a time (scratch
   // buffers are members). On error the cache may hold partial writes for the batch's positions,
