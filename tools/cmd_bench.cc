@@ -35,7 +35,44 @@ struct Args {
   std::string model = default_model_path(), precision = "f32", draft, kv_type = "f32";
   int32_t pp = 512, tg = 128, threads = 0, reps = 5;
   bool json = false, lookup = false;
+  std::string spec_task = "code";
+  int32_t spec_concurrency = 1;
 };
+
+// Code continuation prompts (the reference prompts of tests/data/reference.json).
+std::vector<std::string> code_prompts() {
+  return {"def fibonacci(n):\n    ",
+          "#include <stdio.h>\n\nint main(int argc, char **argv) {\n",
+          "import numpy as np\nimport torch\n\nclass Model(torch.nn.Module):\n    def __init__(self",
+          "func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {\n\t",
+          "fn main() {\n    let mut v = Vec::new();\n",
+          "public class HashMap<K, V> extends AbstractMap<K, V> {\n    ",
+          "SELECT name, COUNT(*) FROM users WHERE age >= 18 GROUP BY",
+          "<fim_prefix>def add(a, b):\n    <fim_suffix>\n    return result\n<fim_middle>"};
+}
+
+// Code-edit prompts: existing code, then the start of a copy with a small change (a renamed
+// class or function, a changed type), the way an editor or agent has a model rewrite code. The
+// natural continuation repeats most of the original.
+std::vector<std::string> edit_prompts() {
+  const std::string stack =
+      "class Stack:\n    def __init__(self):\n        self.items = []\n\n    def push(self, item):\n"
+      "        self.items.append(item)\n\n    def pop(self):\n        if not self.items:\n"
+      "            raise IndexError(\"pop from empty stack\")\n        return self.items.pop()\n\n"
+      "    def peek(self):\n        if not self.items:\n            raise IndexError(\"peek from empty stack\")\n"
+      "        return self.items[-1]\n\n    def size(self):\n        return len(self.items)\n\n\n";
+  const std::string parse =
+      "def parse_config(path):\n    with open(path) as f:\n        lines = f.read().splitlines()\n"
+      "    config = {}\n    for line in lines:\n        line = line.strip()\n        if not line or line.startswith('#'):\n"
+      "            continue\n        key, value = line.split('=', 1)\n        config[key.strip()] = value.strip()\n"
+      "    return config\n\n\n";
+  const std::string csum =
+      "int sum_positive(const int *values, int count) {\n    int total = 0;\n    for (int i = 0; i < count; i++) {\n"
+      "        if (values[i] > 0) {\n            total += values[i];\n        }\n    }\n    return total;\n}\n\n";
+  return {stack + "class LoggingStack:\n    def __init__(self):\n        self.items = []\n\n    def push(self, item):\n",
+          parse + "def parse_config_file(path):\n    with open(path) as f:\n",
+          csum + "long sum_positive_long(const long *values, int count) {\n    long total = 0;\n"};
+}
 
 __attribute__((target("avx2"))) uint64_t sum_avx2(const uint8_t* p, size_t n) {
   __m256i a = _mm256_setzero_si256(), b = _mm256_setzero_si256();
@@ -179,36 +216,84 @@ int run(const Args& a) {
   const double our_gflops = flops / pp_t / 1e9, blas_gflops = flops / blas_t / 1e9;
   const double pp_blas_fraction = our_gflops / blas_gflops;
 
-  double spec_tps = 0, accept_rate = 0, tokens_per_pass = 0;
+  // Speculative decoding: the same greedy requests through the engine with and without
+  // proposals, in one run. "code": the reference prompts continued for tg tokens; "edit": the
+  // prompt holds a function and asks for it back with a small change (as editors and agents do).
+  nlohmann::json spec_j;
   if (!a.draft.empty() || a.lookup) {
-    // Speculative generation through the engine, greedy, same prompt with and without.
     EngineOptions eo;
     eo.n_threads = threads;
-    eo.max_running = 1;
-    eo.ctx_size = std::min<int32_t>(c.max_pos, std::max(4096, ctx));
+    eo.max_running = std::max(1, a.spec_concurrency);
+    eo.ctx_size = std::min<int32_t>(c.max_pos, 4096);
     if (!a.draft.empty()) {
       auto d = load_or_report(a.draft);
       if (!d) return 1;
       eo.draft = d->weights;
     }
-    eo.spec_default.use_draft = !a.draft.empty();
-    eo.spec_default.use_lookup = a.lookup;
     auto e = Engine::create(*m, eo);
     if (!e) {
       fmt::print(stderr, "error: {}\n", e.error().message);
       return 1;
     }
-    GenerationRequest req;
-    req.prompt = m->tokenizer->encode("def quicksort(arr):\n    ", false);
-    req.max_tokens = a.tg;
-    req.ignore_eos = true;
-    auto s = (*e)->submit(req);
-    StreamEvent ev;
-    while (!(*s)->next(ev) || !ev.done) {}
-    spec_tps = ev.e2e_ms > ev.ttft_ms ? (ev.usage.completion_tokens - 1) / ((ev.e2e_ms - ev.ttft_ms) / 1000.0) : 0;
+    const auto prompts = a.spec_task == "edit" ? edit_prompts() : code_prompts();
+    auto run_all = [&](bool speculate, double& decode_s, int64_t& n_tokens, std::vector<Ids>& outs) {
+      decode_s = 0;
+      n_tokens = 0;
+      outs.clear();
+      // Requests go in groups of spec_concurrency (1 = one at a time); the group's decode
+      // time is from its first first-token to its last token.
+      for (size_t i = 0; i < prompts.size(); i += std::max(1, a.spec_concurrency)) {
+        std::vector<std::unique_ptr<RequestStream>> ss;
+        for (size_t j = i; j < std::min(prompts.size(), i + std::max(1, a.spec_concurrency)); ++j) {
+          GenerationRequest req;
+          req.prompt = m->tokenizer->encode(prompts[j], true);
+          req.max_tokens = a.tg;
+          req.ignore_eos = true;
+          SpecOptions so;
+          so.use_draft = speculate && !a.draft.empty();
+          so.use_lookup = speculate && a.lookup;
+          req.spec = so;
+          ss.push_back(std::move(*(*e)->submit(req)));
+        }
+        double first = 1e30, last = 0;
+        const double t0 = now_s();
+        for (auto& s : ss) {
+          StreamEvent ev;
+          Ids toks;
+          for (;;) {
+            if (!s->next(ev)) continue;
+            toks.insert(toks.end(), ev.tokens.begin(), ev.tokens.end());
+            if (ev.done) break;
+          }
+          first = std::min(first, t0 + ev.ttft_ms / 1000.0);
+          last = std::max(last, t0 + ev.e2e_ms / 1000.0);
+          n_tokens += static_cast<int64_t>(toks.size()) - 1;  // the first token is prefill's
+          outs.push_back(std::move(toks));
+        }
+        decode_s += last - first;
+      }
+    };
+    double base_s, spec_s;
+    int64_t base_n, spec_n;
+    std::vector<Ids> base_out, spec_out;
+    fmt::print(stderr, "speculative bench ({} task, {} prompts, concurrency {}): without ...\n", a.spec_task, prompts.size(),
+               std::max(1, a.spec_concurrency));
+    run_all(false, base_s, base_n, base_out);
     auto& mt = (*e)->metrics();
-    accept_rate = static_cast<double>(mt.spec_accepted) / std::max<uint64_t>(1, mt.spec_proposed);
-    tokens_per_pass = static_cast<double>(ev.usage.completion_tokens) / std::max<uint64_t>(1, mt.spec_target_passes);
+    const uint64_t p0 = mt.spec_proposed, a0 = mt.spec_accepted, v0 = mt.spec_target_passes;
+    fmt::print(stderr, "with speculation ...\n");
+    run_all(true, spec_s, spec_n, spec_out);
+    const double proposed = static_cast<double>(mt.spec_proposed - p0), accepted = static_cast<double>(mt.spec_accepted - a0);
+    const double passes = static_cast<double>(mt.spec_target_passes - v0);
+    spec_j = {{"task", a.spec_task},
+              {"concurrency", std::max(1, a.spec_concurrency)},
+              {"proposer", a.draft.empty() ? "lookup" : (a.lookup ? "draft+lookup" : "draft")},
+              {"base_tps", base_n / base_s},
+              {"spec_tps", spec_n / spec_s},
+              {"speedup", (spec_n / spec_s) / (base_n / base_s)},
+              {"acceptance_rate", proposed > 0 ? accepted / proposed : 0.0},
+              {"mean_accepted_per_pass", passes > 0 ? accepted / passes : 0.0},
+              {"identical_output", base_out == spec_out}};
   }
 
   if (a.json) {
@@ -225,11 +310,7 @@ int run(const Args& a) {
                      {"pp_gflops", our_gflops},
                      {"blas_gflops", blas_gflops},
                      {"pp_blas_fraction", pp_blas_fraction}};
-    if (spec_tps > 0) {
-      j["spec_tg_tps"] = spec_tps;
-      j["spec_accept_rate"] = accept_rate;
-      j["spec_tokens_per_pass"] = tokens_per_pass;
-    }
+    if (!spec_j.is_null()) j["speculative"] = spec_j;
     fmt::print("{}\n", j.dump());
   } else {
     fmt::print("| model | threads | test | tokens/s | baseline |\n|---|---|---|---|---|\n");
@@ -237,9 +318,12 @@ int run(const Args& a) {
                threads, a.pp, a.precision, pp_tps, our_gflops, 100 * pp_blas_fraction, blas_gflops);
     fmt::print("| {} | {} | tg{} | {:.1f} | {:.2f} GB/s of weights = {:.0f}% of read bandwidth ({:.1f} GB/s) |\n", m->name,
                threads, a.tg, tg_tps, wbytes * tg_tps / 1e9, 100 * tg_bw_fraction, bw / 1e9);
-    if (spec_tps > 0)
-      fmt::print("| {} | {} | tg{} speculative | {:.1f} | acceptance {:.0f}%, {:.2f} tokens per target pass |\n", m->name,
-                 threads, a.tg, spec_tps, 100 * accept_rate, tokens_per_pass);
+    if (!spec_j.is_null())
+      fmt::print("| {} | {} | tg{} {} task, {} speculation, concurrency {} | {:.1f} vs {:.1f} without = {:.2f}x | acceptance {:.0f}%, {:.2f} accepted per target pass, output identical: {} |\n",
+                 m->name, threads, a.tg, a.spec_task, spec_j["proposer"].get<std::string>(), spec_j["concurrency"].get<int>(),
+                 spec_j["spec_tps"].get<double>(), spec_j["base_tps"].get<double>(), spec_j["speedup"].get<double>(),
+                 100 * spec_j["acceptance_rate"].get<double>(), spec_j["mean_accepted_per_pass"].get<double>(),
+                 spec_j["identical_output"].get<bool>() ? "yes" : "NO");
   }
   return 0;
 }
@@ -257,6 +341,9 @@ CommandRegistrar reg("bench", "Benchmark prompt processing and generation agains
   app.add_option("--draft", a->draft, "Also measure speculative generation with this draft model");
   app.add_option("--kv-type", a->kv_type, "KV cache storage for pp/tg: f32 or q8_0")->check(CLI::IsMember({"f32", "q8_0"}));
   app.add_flag("--lookup", a->lookup, "Also measure speculative generation with prompt lookup");
+  app.add_option("--spec-task", a->spec_task, "Speculation workload: code (continue code prompts) or edit (rewrite a function with a small change)")
+      ->check(CLI::IsMember({"code", "edit"}))->capture_default_str();
+  app.add_option("--spec-concurrency", a->spec_concurrency, "Speculation workload: requests decoded together")->capture_default_str();
   app.add_flag("--json", a->json, "Print one JSON object (pp_tps, tg_tps, tg_bw_fraction, pp_blas_fraction, ...)");
   return [a] { return run(*a); };
 });

@@ -31,6 +31,9 @@ struct ServeArgs {
   bool fim_spm = false;
   bool no_priority_lane = false;
   std::string kv_type = "f32";
+  std::string draft;
+  bool lookup = false;
+  int max_draft = 8;
 };
 
 int run_serve(const ServeArgs& a) {
@@ -51,6 +54,16 @@ int run_serve(const ServeArgs& a) {
   eo.ctx_size = a.ctx;
   eo.prefix_cache = !a.no_prefix_cache;
   eo.kv_type = kv_type_from_name(a.kv_type).value_or(DType::F32);
+  if (!a.draft.empty()) {
+    auto d = load_or_report(a.draft);
+    if (!d) return 1;
+    eo.draft = d->weights;
+  }
+  // Speculation is on by default when a draft is configured; requests may turn it off (or on,
+  // for prompt lookup) with the "speculative" extension field.
+  eo.spec_default.use_draft = !a.draft.empty();
+  eo.spec_default.use_lookup = a.lookup;
+  eo.spec_default.max_draft = a.max_draft;
   auto engine = Engine::create(std::move(*model), eo);
   if (!engine) {
     fmt::print(stderr, "error: {}\n", engine.error().message);
@@ -105,6 +118,9 @@ const CommandRegistrar reg("serve", "OpenAI- and Anthropic-compatible HTTP serve
   app.add_option("--max-body-bytes", a->max_body_bytes, "Largest request body accepted (413 beyond)");
   app.add_option("--http-threads", a->http_threads, "HTTP worker threads (0: max(64, 4 x parallel))");
   app.add_flag("--no-prefix-cache", a->no_prefix_cache, "Disable prefix caching");
+  app.add_option("--draft", a->draft, "Draft model for speculative decoding (same vocabulary; on by default for every request)");
+  app.add_flag("--lookup", a->lookup, "Prompt-lookup (n-gram) speculation by default for every request");
+  app.add_option("--max-draft", a->max_draft, "Longest speculative proposal")->check(CLI::Range(1, 64));
   app.add_option("--fim-time-budget-ms", a->fim_time_budget_ms,
                  "FIM: stop a suggestion this long after its first token unless the request says (0: off)");
   app.add_flag("--fim-spm", a->fim_spm, "FIM: suffix-prefix-middle order (models trained on SPM)");

@@ -78,9 +78,8 @@ Result<std::unique_ptr<Engine>> Engine::create(LoadedModel model, EngineOptions 
   I.kv = std::make_unique<KvCache>(e->config(), n_blocks, o.block_size, o.kv_type);
   I.blocks = std::make_unique<BlockPool>(n_blocks, o.block_size);
   e->metrics_.kv_blocks_total = n_blocks;
-  if (o.draft || o.spec_default.use_lookup) {
-    I.spec = std::make_unique<Speculator>(o.draft, ctx, o.max_running, o.block_size, o.precision);
-  }
+  // Always present: prompt lookup needs no model, and requests may turn it on per request.
+  I.spec = std::make_unique<Speculator>(o.draft, ctx, o.max_running, o.block_size, o.precision);
   spdlog::info("engine: {} threads, ctx {}, parallel {}, KV {} blocks x {} tokens ({:.1f} MiB){}", o.n_threads, ctx,
                o.max_running, n_blocks, o.block_size, I.kv->bytes() / 1048576.0,
                o.draft ? ", draft model loaded" : "");

@@ -178,6 +178,7 @@ void parse_openai_sampling(const Obj& o, const ParseContext& ctx, GenFields& g) 
   }
   g.stop = parse_stop(o, "stop", true);
   if (auto v = o.boolean("ignore_eos")) g.ignore_eos = *v;
+  if (auto v = o.boolean("speculative")) g.speculative = *v;
   if (auto v = o.string("user")) g.user = *v;
   else if (auto v2 = o.string("safety_identifier")) g.user = *v2;
   if (auto v = o.string("prompt_cache_key")) (void)v;  // a routing hint; the prefix cache is automatic
@@ -306,7 +307,7 @@ ApiResult<CompletionRequest> parse_completion_request(const json& j, const Parse
     Obj o(j);
     o.check_known({"model", "prompt", "max_tokens", "temperature", "top_p", "top_k", "min_p", "n", "stop", "seed",
                    "echo", "logprobs", "presence_penalty", "frequency_penalty", "repetition_penalty", "stream",
-                   "stream_options", "user", "logit_bias", "best_of", "suffix", "ignore_eos", "store", "metadata",
+                   "stream_options", "user", "logit_bias", "best_of", "suffix", "ignore_eos", "speculative", "store", "metadata",
                    "service_tier", "safety_identifier", "prompt_cache_key"},
                   ApiKind::kOpenAI);
     CompletionRequest r;
@@ -371,7 +372,7 @@ ApiResult<ChatRequest> parse_chat_request(const json& j, const ParseContext& ctx
     o.check_known({"model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k",
                    "min_p", "n", "stop", "seed", "presence_penalty", "frequency_penalty", "repetition_penalty",
                    "stream", "stream_options", "user", "logit_bias", "logprobs", "top_logprobs", "response_format",
-                   "tools", "tool_choice", "parallel_tool_calls", "functions", "function_call", "ignore_eos",
+                   "tools", "tool_choice", "parallel_tool_calls", "functions", "function_call", "ignore_eos", "speculative",
                    "store", "metadata", "service_tier", "modalities", "audio", "prediction", "reasoning_effort",
                    "web_search_options", "verbosity", "safety_identifier", "prompt_cache_key"},
                   ApiKind::kOpenAI);

@@ -32,6 +32,7 @@ struct GenFields {
   std::optional<int32_t> max_tokens;  // nullopt: endpoint default (completions 16, chat: rest of ctx)
   std::vector<std::string> stop;
   bool ignore_eos = false;            // extension (benchmarks)
+  std::optional<bool> speculative;    // extension: force speculative decoding on/off for this request
   std::string user;
 };
 

@@ -232,6 +232,13 @@ struct HttpServer::Impl {
     r.max_tokens = max_tokens;
     r.stop = g.stop;
     r.ignore_eos = g.ignore_eos;
+    if (g.speculative) {
+      // Per-request switch: on = the draft model when one is loaded, and prompt lookup.
+      SpecOptions so = engine->options().spec_default;
+      so.use_draft = *g.speculative && engine->has_draft();
+      so.use_lookup = *g.speculative;
+      r.spec = so;
+    }
     r.n_logprobs = n_logprobs;
     r.priority = prio;
     r.client_id = g.user;
