@@ -3,6 +3,7 @@
 // at a time in registers (int8 -> f32 times the block's scale, exactly as the scalar path).
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "kernels/ops.h"
@@ -100,9 +101,154 @@ void attention_impl(const AttentionArgs& a, int64_t t, int32_t kvh, float* score
   }
 }
 
+
+// exp(x) for the softmax (x <= 0 after the max is subtracted): range reduction to
+// r in [-ln2/2, ln2/2], degree-6 Taylor polynomial (relative error < 2e-7), then 2^n by
+// VSCALEFPS. Deterministic, so batch invariance holds.
+inline __m512 exp512(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187e-06f), r);
+  __m512 p = _mm512_set1_ps(1.0f / 720);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, n);
+}
+
+// Sums of 16 vectors, one per lane: a transpose-and-add tree (15 adds) instead of 16
+// horizontal reductions. The tree leaves the sums in a fixed shuffled lane order.
+inline __m512 reduce16_tree(const __m512 (&v)[16]) {
+  __m512 s8[8], s4[4], s2[2];
+  for (int k = 0; k < 8; ++k)
+    s8[k] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * k], v[2 * k + 1], 0x44),
+                          _mm512_shuffle_f32x4(v[2 * k], v[2 * k + 1], 0xEE));
+  for (int k = 0; k < 4; ++k)
+    s4[k] = _mm512_add_ps(_mm512_shuffle_f32x4(s8[2 * k], s8[2 * k + 1], 0x88),
+                          _mm512_shuffle_f32x4(s8[2 * k], s8[2 * k + 1], 0xDD));
+  for (int k = 0; k < 2; ++k)
+    s2[k] = _mm512_add_ps(_mm512_shuffle_ps(s4[2 * k], s4[2 * k + 1], 0x44), _mm512_shuffle_ps(s4[2 * k], s4[2 * k + 1], 0xEE));
+  return _mm512_add_ps(_mm512_shuffle_ps(s2[0], s2[1], 0x88), _mm512_shuffle_ps(s2[0], s2[1], 0xDD));
+}
+
+// out[k] = sum of the lanes of v[k], in key order.
+inline __m512 reduce16(const __m512 (&v)[16]) {
+  // Which input ends in which lane: run the tree once on one-hot inputs (powers of two sum
+  // exactly) and invert.
+  static const __m512i order = [] {
+    __m512 hot[16];
+    for (int k = 0; k < 16; ++k) hot[k] = _mm512_set1_ps(static_cast<float>(1 << k));
+    alignas(64) float lanes[16];
+    _mm512_store_ps(lanes, reduce16_tree(hot));
+    alignas(64) int idx[16];
+    for (int l = 0; l < 16; ++l) {
+      const int k = __builtin_ctz(static_cast<unsigned>(lanes[l] / 16.0f));
+      idx[k] = l;  // the sum of input k sits in lane l
+    }
+    return _mm512_load_si512(idx);
+  }();
+  return _mm512_permutexvar_ps(order, reduce16_tree(v));
+}
+
+template <bool kQ8, int G, int NV>
+void attention_fixed(const AttentionArgs& a, int64_t t, int32_t kvh, float* scores) {
+  const int32_t d = NV * 16;
+  const int64_t n_keys = a.n_past + t + 1;
+  const int64_t row = static_cast<int64_t>(a.n_head_kv) * d;
+  const int64_t stride = static_cast<int64_t>(row_bytes(a.kv_type, row));
+  const int64_t head_off = static_cast<int64_t>(row_bytes(a.kv_type, static_cast<int64_t>(kvh) * d));
+  const KvRows<kQ8> K{a.k, stride, head_off}, V{a.v, stride, head_off};
+  auto slot_of = [&](int64_t j) {
+    return static_cast<int64_t>(a.block_table[j / a.block_size]) * a.block_size + j % a.block_size;
+  };
+  const int64_t n_pad = (n_keys + 15) / 16 * 16;
+  float* sc[G];
+  for (int g = 0; g < G; ++g) sc[g] = scores + g * n_pad;
+  const float* qh = a.q + (t * a.n_head + kvh * G) * d;
+  __m512 q[G][NV];
+  for (int g = 0; g < G; ++g)
+    for (int i = 0; i < NV; ++i) q[g][i] = _mm512_loadu_ps(qh + g * d + 16 * i);
+  const __m512 scale = _mm512_set1_ps(a.scale);
+  __m512 mx[G];
+  for (int g = 0; g < G; ++g) mx[g] = _mm512_set1_ps(-INFINITY);
+  // Scores, 16 keys at a time; lanes past the last key are -inf.
+  for (int64_t j0 = 0; j0 < n_keys; j0 += 16) {
+    const int nk = static_cast<int>(std::min<int64_t>(16, n_keys - j0));
+    int64_t slots[16];
+    for (int k = 0; k < nk; ++k) slots[k] = slot_of(j0 + k);
+    for (int g = 0; g < G; ++g) {
+      __m512 acc[16];
+      for (int k = 0; k < 16; ++k) {
+        if (k < nk) {
+          acc[k] = _mm512_mul_ps(q[g][0], K.load(slots[k], 0));
+#pragma GCC unroll 16
+          for (int i = 1; i < NV; ++i) acc[k] = _mm512_fmadd_ps(q[g][i], K.load(slots[k], 16 * i), acc[k]);
+        } else {
+          acc[k] = _mm512_setzero_ps();
+        }
+      }
+      __m512 s = _mm512_mul_ps(reduce16(acc), scale);
+      s = _mm512_mask_blend_ps(static_cast<__mmask16>(nk == 16 ? 0xffff : (1u << nk) - 1), _mm512_set1_ps(-INFINITY), s);
+      _mm512_storeu_ps(sc[g] + j0, s);
+      mx[g] = _mm512_max_ps(mx[g], s);
+    }
+  }
+  float inv[G];
+  for (int g = 0; g < G; ++g) {
+    const __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(mx[g]));
+    __m512 sum = _mm512_setzero_ps();
+    for (int64_t j0 = 0; j0 < n_pad; j0 += 16) {
+      __m512 e = exp512(_mm512_sub_ps(_mm512_loadu_ps(sc[g] + j0), m));
+      _mm512_storeu_ps(sc[g] + j0, e);
+      sum = _mm512_add_ps(sum, e);
+    }
+    inv[g] = 1.0f / _mm512_reduce_add_ps(sum);
+  }
+  __m512 o[G][NV];
+  for (int g = 0; g < G; ++g)
+    for (int i = 0; i < NV; ++i) o[g][i] = _mm512_setzero_ps();
+  for (int64_t j = 0; j < n_keys; ++j) {
+    const int64_t slot = slot_of(j);
+    __m512 vv[NV];
+#pragma GCC unroll 16
+    for (int i = 0; i < NV; ++i) vv[i] = V.load(slot, 16 * i);
+#pragma GCC unroll 16
+    for (int g = 0; g < G; ++g) {
+      const __m512 p = _mm512_set1_ps(sc[g][j]);
+#pragma GCC unroll 16
+      for (int i = 0; i < NV; ++i) o[g][i] = _mm512_fmadd_ps(p, vv[i], o[g][i]);
+    }
+  }
+  for (int g = 0; g < G; ++g) {
+    float* out = a.out + (t * a.n_head + kvh * G + g) * d;
+    const __m512 iv = _mm512_set1_ps(inv[g]);
+    for (int i = 0; i < NV; ++i) _mm512_storeu_ps(out + 16 * i, _mm512_mul_ps(o[g][i], iv));
+  }
+}
+
+template <bool kQ8>
+bool attention_dispatch(const AttentionArgs& a, int64_t t, int32_t kvh, float* scores) {
+  const int g = a.n_head / a.n_head_kv, nv = a.head_dim / 16;
+#define MERLIN_ATT(G, NV) \
+  if (g == G && nv == NV) { attention_fixed<kQ8, G, NV>(a, t, kvh, scores); return true; }
+  MERLIN_ATT(1, 4) MERLIN_ATT(2, 4) MERLIN_ATT(3, 4) MERLIN_ATT(4, 4) MERLIN_ATT(8, 4)
+  MERLIN_ATT(1, 8) MERLIN_ATT(2, 8) MERLIN_ATT(4, 8) MERLIN_ATT(6, 8) MERLIN_ATT(7, 8) MERLIN_ATT(8, 8)
+#undef MERLIN_ATT
+  return false;
+}
+
 }  // namespace
 
 void attention_avx512(const AttentionArgs& a, int64_t t, int32_t kvh, float* scores) {
+  // Common shapes (GQA group, head_dim) get a version with every loop bound known at compile
+  // time, so queries, accumulators and outputs live in registers.
+  if (a.kv_type == DType::Q8_0 ? attention_dispatch<true>(a, t, kvh, scores) : attention_dispatch<false>(a, t, kvh, scores))
+    return;
   if (a.kv_type == DType::Q8_0) attention_impl<true>(a, t, kvh, scores);
   else attention_impl<false>(a, t, kvh, scores);
 }

@@ -92,7 +92,8 @@ void attention(ThreadPool& pool, const AttentionArgs& a) {
   const bool avx512 = cpu_level() == CpuLevel::kAvx512 && a.head_dim % 16 == 0 &&
                       a.head_dim <= 256 && a.n_head / a.n_head_kv <= 16;
   const int64_t n_work = static_cast<int64_t>(a.n_tokens) * a.n_head_kv;
-  const size_t n_scores = static_cast<size_t>(a.n_past + a.n_tokens) * (a.n_head / a.n_head_kv);
+  // Rounded up to 16 per head: the AVX-512 kernel writes scores 16 keys at a time.
+  const size_t n_scores = static_cast<size_t>(a.n_past + a.n_tokens + 16) * (a.n_head / a.n_head_kv);
   // Work items of (token, kv head) claimed dynamically: later tokens attend to more keys.
   pool.parallel_for(n_work, 1, [&](int64_t w0, int64_t w1) {
     std::vector<float> scores(n_scores);
