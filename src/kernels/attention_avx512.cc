@@ -167,6 +167,7 @@ void attention_fixed(const AttentionArgs& a, int64_t t, int32_t kvh, float* scor
     return static_cast<int64_t>(a.block_table[j / a.block_size]) * a.block_size + j % a.block_size;
   };
   const int64_t n_pad = (n_keys + 15) / 16 * 16;
+  const bool contiguous16 = a.block_size % 16 == 0;
   float* sc[G];
   for (int g = 0; g < G; ++g) sc[g] = scores + g * n_pad;
   const float* qh = a.q + (t * a.n_head + kvh * G) * d;
@@ -180,16 +181,29 @@ void attention_fixed(const AttentionArgs& a, int64_t t, int32_t kvh, float* scor
   for (int64_t j0 = 0; j0 < n_keys; j0 += 16) {
     const int nk = static_cast<int>(std::min<int64_t>(16, n_keys - j0));
     int64_t slots[16];
-    for (int k = 0; k < nk; ++k) slots[k] = slot_of(j0 + k);
+    if (contiguous16) {
+      // 16 keys from a 16-aligned start lie in one block: one division per 16 keys.
+      const int64_t base = slot_of(j0);
+      for (int k = 0; k < 16; ++k) slots[k] = base + k;
+    } else {
+      for (int k = 0; k < nk; ++k) slots[k] = slot_of(j0 + k);
+    }
+#pragma GCC unroll 16
     for (int g = 0; g < G; ++g) {
       __m512 acc[16];
-      for (int k = 0; k < 16; ++k) {
-        if (k < nk) {
+      if (nk == 16) {
+#pragma GCC unroll 16
+        for (int k = 0; k < 16; ++k) {
           acc[k] = _mm512_mul_ps(q[g][0], K.load(slots[k], 0));
 #pragma GCC unroll 16
           for (int i = 1; i < NV; ++i) acc[k] = _mm512_fmadd_ps(q[g][i], K.load(slots[k], 16 * i), acc[k]);
-        } else {
+        }
+      } else {
+        for (int k = 0; k < 16; ++k) {
           acc[k] = _mm512_setzero_ps();
+          if (k >= nk) continue;
+#pragma GCC unroll 16
+          for (int i = 0; i < NV; ++i) acc[k] = _mm512_fmadd_ps(q[g][i], K.load(slots[k], 16 * i), acc[k]);
         }
       }
       __m512 s = _mm512_mul_ps(reduce16(acc), scale);
@@ -212,8 +226,9 @@ void attention_fixed(const AttentionArgs& a, int64_t t, int32_t kvh, float* scor
   __m512 o[G][NV];
   for (int g = 0; g < G; ++g)
     for (int i = 0; i < NV; ++i) o[g][i] = _mm512_setzero_ps();
+  int64_t slot = 0;
   for (int64_t j = 0; j < n_keys; ++j) {
-    const int64_t slot = slot_of(j);
+    slot = (j % 16 == 0 || !contiguous16) ? slot_of(j) : slot + 1;
     __m512 vv[NV];
 #pragma GCC unroll 16
     for (int i = 0; i < NV; ++i) vv[i] = V.load(slot, 16 * i);
