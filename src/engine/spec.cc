@@ -91,15 +91,22 @@ void Speculator::propose(ThreadPool& pool, const std::vector<Sequence*>& seqs, c
       std::span<float> lg(logits_.data() + a * V, V);
       // The draft samples with the request's own settings (greedy stays greedy), so q is the
       // distribution the proposal was drawn from.
-      Ids hist = s.tokens;
-      hist.insert(hist.end(), out[i].tokens.begin(), out[i].tokens.end());
-      s.sampler.distribution(lg, hist, probs);
       TokenId t;
-      if (s.sampler.params().greedy()) {
-        t = static_cast<TokenId>(std::max_element(probs.begin(), probs.end()) - probs.begin());
+      const auto& sp = s.sampler.params();
+      const bool plain_greedy = sp.greedy() && sp.logit_bias.empty() && sp.repetition_penalty == 1.0f &&
+                                sp.presence_penalty == 0.0f && sp.frequency_penalty == 0.0f;
+      if (plain_greedy) {
+        t = static_cast<TokenId>(std::max_element(lg.begin(), lg.end()) - lg.begin());
       } else {
-        t = s.sampler.draw(probs);
-        out[i].q.push_back(probs);
+        Ids hist = s.tokens;
+        hist.insert(hist.end(), out[i].tokens.begin(), out[i].tokens.end());
+        s.sampler.distribution(lg, hist, probs);
+        if (sp.greedy()) {
+          t = static_cast<TokenId>(std::max_element(probs.begin(), probs.end()) - probs.begin());
+        } else {
+          t = s.sampler.draw(probs);
+          out[i].q.push_back(probs);
+        }
       }
       out[i].tokens.push_back(t);
       if (static_cast<int32_t>(out[i].tokens.size()) >= limit[i]) continue;
