@@ -71,7 +71,13 @@ VecDotFn vec_dot_avx512(DType t);
 
 }  // namespace merlin::quant
 
+namespace merlin { struct MatmulArgs; }
+
 namespace merlin::quant {
+// Q8_0 / Q4_0 matmul columns n0..n1 with 512-bit two-block VNNI kernels (quant_avx512.cc);
+// false when the type or row length (a multiple of 64) does not fit. Call only when
+// cpu_features().avx512_vnni.
+bool matmul_pairs_vnni(const MatmulArgs& a, int64_t n0, int64_t n1);
 // Scalar reference dot for weight type t (nullptr when t has none).
 VecDotFn vec_dot_scalar(DType t);
 // The dot for t at the current cpu_level() (SIMD when available, else scalar).
