@@ -236,53 +236,57 @@ int run(const Args& a) {
       return 1;
     }
     const auto prompts = a.spec_task == "edit" ? edit_prompts() : code_prompts();
-    auto run_all = [&](bool speculate, double& decode_s, int64_t& n_tokens, std::vector<Ids>& outs) {
-      decode_s = 0;
-      n_tokens = 0;
-      outs.clear();
-      // Requests go in groups of spec_concurrency (1 = one at a time); the group's decode
-      // time is from its first first-token to its last token.
-      for (size_t i = 0; i < prompts.size(); i += std::max(1, a.spec_concurrency)) {
-        std::vector<std::unique_ptr<RequestStream>> ss;
-        for (size_t j = i; j < std::min(prompts.size(), i + std::max(1, a.spec_concurrency)); ++j) {
-          GenerationRequest req;
-          req.prompt = m->tokenizer->encode(prompts[j], true);
-          req.max_tokens = a.tg;
-          req.ignore_eos = true;
-          SpecOptions so;
-          so.use_draft = speculate && !a.draft.empty();
-          so.use_lookup = speculate && a.lookup;
-          req.spec = so;
-          ss.push_back(std::move(*(*e)->submit(req)));
-        }
-        double first = 1e30, last = 0;
-        const double t0 = now_s();
-        for (auto& s : ss) {
-          StreamEvent ev;
-          Ids toks;
-          for (;;) {
-            if (!s->next(ev)) continue;
-            toks.insert(toks.end(), ev.tokens.begin(), ev.tokens.end());
-            if (ev.done) break;
-          }
-          first = std::min(first, t0 + ev.ttft_ms / 1000.0);
-          last = std::max(last, t0 + ev.e2e_ms / 1000.0);
-          n_tokens += static_cast<int64_t>(toks.size()) - 1;  // the first token is prefill's
-          outs.push_back(std::move(toks));
-        }
-        decode_s += last - first;
+    // One group of requests (spec_concurrency of them) decoded together; its decode time runs
+    // from the group's first first-token to its last token.
+    auto run_group = [&](size_t i, bool speculate, double& decode_s, int64_t& n_tokens, std::vector<Ids>& outs) {
+      std::vector<std::unique_ptr<RequestStream>> ss;
+      for (size_t j = i; j < std::min(prompts.size(), i + std::max(1, a.spec_concurrency)); ++j) {
+        GenerationRequest req;
+        req.prompt = m->tokenizer->encode(prompts[j], true);
+        req.max_tokens = a.tg;
+        req.ignore_eos = true;
+        SpecOptions so;
+        so.use_draft = speculate && !a.draft.empty();
+        so.use_lookup = speculate && a.lookup;
+        req.spec = so;
+        ss.push_back(std::move(*(*e)->submit(req)));
       }
+      double first = 1e30, last = 0;
+      const double t0 = now_s();
+      for (auto& s : ss) {
+        StreamEvent ev;
+        Ids toks;
+        for (;;) {
+          if (!s->next(ev)) continue;
+          toks.insert(toks.end(), ev.tokens.begin(), ev.tokens.end());
+          if (ev.done) break;
+        }
+        first = std::min(first, t0 + ev.ttft_ms / 1000.0);
+        last = std::max(last, t0 + ev.e2e_ms / 1000.0);
+        n_tokens += static_cast<int64_t>(toks.size()) - 1;  // the first token is prefill's
+        outs.push_back(std::move(toks));
+      }
+      decode_s += last - first;
     };
-    double base_s, spec_s;
-    int64_t base_n, spec_n;
+    double base_s = 0, spec_s = 0;
+    int64_t base_n = 0, spec_n = 0;
     std::vector<Ids> base_out, spec_out;
-    fmt::print(stderr, "speculative bench ({} task, {} prompts, concurrency {}): without ...\n", a.spec_task, prompts.size(),
-               std::max(1, a.spec_concurrency));
-    run_all(false, base_s, base_n, base_out);
     auto& mt = (*e)->metrics();
     const uint64_t p0 = mt.spec_proposed, a0 = mt.spec_accepted, v0 = mt.spec_target_passes;
-    fmt::print(stderr, "with speculation ...\n");
-    run_all(true, spec_s, spec_n, spec_out);
+    fmt::print(stderr, "speculative bench ({} task, {} prompts, concurrency {}, {} reps), alternating without/with ...\n",
+               a.spec_task, prompts.size(), std::max(1, a.spec_concurrency), a.reps);
+    // Without and with alternate group by group, so a change in machine load hits both alike.
+    for (int r = 0; r < std::max(1, a.reps); ++r) {
+      for (size_t i = 0; i < prompts.size(); i += std::max(1, a.spec_concurrency)) {
+        std::vector<Ids> bo, so;
+        run_group(i, false, base_s, base_n, bo);
+        run_group(i, true, spec_s, spec_n, so);
+        if (r == 0) {
+          base_out.insert(base_out.end(), bo.begin(), bo.end());
+          spec_out.insert(spec_out.end(), so.begin(), so.end());
+        }
+      }
+    }
     const double proposed = static_cast<double>(mt.spec_proposed - p0), accepted = static_cast<double>(mt.spec_accepted - a0);
     const double passes = static_cast<double>(mt.spec_target_passes - v0);
     spec_j = {{"task", a.spec_task},
