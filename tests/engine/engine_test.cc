@@ -135,6 +135,21 @@ TEST(Engine, SpeculativeGreedyIdenticalDraftLookupBoth) {
   EXPECT_GT(e->metrics().spec_accepted.load(), 0u);
 }
 
+TEST(Engine, SpeculativeGreedyIdenticalAlone) {
+  EngineOptions o;
+  o.draft = draft_weights();
+  auto e = make_engine(o);
+  SpecOptions so;
+  so.use_draft = true;
+  so.use_lookup = true;
+  for (const auto& p : prompts()) {
+    auto req = greedy(p["ids"].get<Ids>(), 48);
+    req.spec = so;
+    auto out = collect(**e->submit(req));
+    EXPECT_EQ(out.tokens, p["greedy_48"].get<Ids>()) << p["text"];
+  }
+}
+
 TEST(Engine, VocabularyMismatchRefused) {
   auto w = std::make_shared<ModelWeights>();
   w->config = draft_weights()->config;
