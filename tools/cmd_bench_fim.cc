@@ -41,6 +41,7 @@ struct BenchFimArgs {
   int chat_max_tokens = 3000;
   bool no_chat = false;
   int threads = 0;
+  bool bf16 = false;
   double time_budget_ms = 0;  // server --fim-time-budget-ms (0: none, so the full 32 tokens are timed)
   bool spm = false;
   std::string configs = "lane+cache,lane+nocache,nolane+cache,nolane+nocache";
@@ -131,6 +132,7 @@ ConfigResult run_config(const BenchFimArgs& a, const std::string& name, const Re
   eo.max_running = 4;
   eo.ctx_size = 4096;
   eo.prefix_cache = cache;
+  eo.precision = a.bf16 ? Precision::kBF16 : Precision::kF32;
   auto engine = Engine::create(lm, eo);
   if (!engine) {
     fmt::print(stderr, "error: {}\n", engine.error().message);
@@ -308,6 +310,7 @@ const CommandRegistrar reg("bench-fim", "Editor replay: FIM latency under chat l
   app.add_option("--chat-max-tokens", a->chat_max_tokens, "max_tokens of the background chat generation");
   app.add_flag("--no-chat", a->no_chat, "No background chat load");
   app.add_option("--threads", a->threads, "Engine threads (0: all cores)");
+  app.add_flag("--bf16", a->bf16, "bf16 matmul precision (faster prompt processing, bf16 accuracy)");
   app.add_option("--time-budget-ms", a->time_budget_ms, "Server's default FIM time budget (0: none)");
   app.add_flag("--spm", a->spm, "Suffix-prefix-middle prompt order");
   app.add_option("--configs", a->configs, "Comma-separated: lane+cache, lane+nocache, nolane+cache, nolane+nocache");

@@ -32,6 +32,7 @@ struct ServeArgs {
   bool no_priority_lane = false;
   std::string kv_type = "f32";
   std::string draft;
+  std::string precision = "f32";
   bool lookup = false;
   int max_draft = 8;
 };
@@ -61,6 +62,7 @@ int run_serve(const ServeArgs& a) {
   }
   // Speculation is on by default when a draft is configured; requests may turn it off (or on,
   // for prompt lookup) with the "speculative" extension field.
+  eo.precision = a.precision == "bf16" ? Precision::kBF16 : Precision::kF32;
   eo.spec_default.use_draft = !a.draft.empty();
   eo.spec_default.use_lookup = a.lookup;
   eo.spec_default.max_draft = a.max_draft;
@@ -119,6 +121,8 @@ const CommandRegistrar reg("serve", "OpenAI- and Anthropic-compatible HTTP serve
   app.add_option("--http-threads", a->http_threads, "HTTP worker threads (0: max(64, 4 x parallel))");
   app.add_flag("--no-prefix-cache", a->no_prefix_cache, "Disable prefix caching");
   app.add_option("--draft", a->draft, "Draft model for speculative decoding (same vocabulary; on by default for every request)");
+  app.add_option("--precision", a->precision, "Matmul precision: f32 (exact) or bf16 (about 2x faster prompt processing)")
+      ->check(CLI::IsMember({"f32", "bf16"}));
   app.add_flag("--lookup", a->lookup, "Prompt-lookup (n-gram) speculation by default for every request");
   app.add_option("--max-draft", a->max_draft, "Longest speculative proposal")->check(CLI::Range(1, 64));
   app.add_option("--fim-time-budget-ms", a->fim_time_budget_ms,
