@@ -46,8 +46,12 @@ inline void store_acc(__m512 (&acc)[MR][2], float* y, int64_t ldy, int nb) {
 template <int MR>
 void micro_bf16w(const float* x, int64_t ldx, const uint16_t* p, int kb, float* y, int64_t ldy, int nb,
                  bool accumulate) {
-  __m512 acc[MR][2];
+  // Two chains per output, even k and odd k, summed at the end of the k-block: twice the FMAs
+  // in flight for a single row (decode), and the same fixed order for every row count.
+  __m512 acc[MR][2], odd[MR][2];
   load_acc<MR>(acc, y, ldy, nb, accumulate);
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r) odd[r][0] = odd[r][1] = _mm512_setzero_ps();
   const __m512i hi = _mm512_set1_epi32(static_cast<int>(0xffff0000u));
   for (int t = 0; t < kb; t += 2) {
     __m512i a = _mm512_load_si512(p + t * 32);
@@ -62,9 +66,14 @@ void micro_bf16w(const float* x, int64_t ldx, const uint16_t* p, int kb, float* 
       __m512 xo = _mm512_set1_ps(x[r * ldx + t + 1]);
       acc[r][0] = _mm512_fmadd_ps(xe, w0e, acc[r][0]);
       acc[r][1] = _mm512_fmadd_ps(xe, w1e, acc[r][1]);
-      acc[r][0] = _mm512_fmadd_ps(xo, w0o, acc[r][0]);
-      acc[r][1] = _mm512_fmadd_ps(xo, w1o, acc[r][1]);
+      odd[r][0] = _mm512_fmadd_ps(xo, w0o, odd[r][0]);
+      odd[r][1] = _mm512_fmadd_ps(xo, w1o, odd[r][1]);
     }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r) {
+    acc[r][0] = _mm512_add_ps(acc[r][0], odd[r][0]);
+    acc[r][1] = _mm512_add_ps(acc[r][1], odd[r][1]);
   }
   store_acc<MR>(acc, y, ldy, nb);
 }
@@ -94,17 +103,30 @@ void micro_bf16x(const uint16_t* x, int64_t ldx, const uint16_t* p, int kb, floa
 template <int MR>
 void micro_f32w(const float* x, int64_t ldx, const float* p, int kb, float* y, int64_t ldy, int nb,
                 bool accumulate) {
-  __m512 acc[MR][2];
+  // Even and odd k in separate chains, as in micro_bf16w (kb is even: k is checked at packing).
+  __m512 acc[MR][2], odd[MR][2];
   load_acc<MR>(acc, y, ldy, nb, accumulate);
-  for (int t = 0; t < kb; ++t) {
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r) odd[r][0] = odd[r][1] = _mm512_setzero_ps();
+  for (int t = 0; t < kb; t += 2) {
     __m512 w0 = _mm512_load_ps(p + t * 32);
     __m512 w1 = _mm512_load_ps(p + t * 32 + 16);
+    __m512 v0 = _mm512_load_ps(p + t * 32 + 32);
+    __m512 v1 = _mm512_load_ps(p + t * 32 + 48);
 #pragma GCC unroll 8
     for (int r = 0; r < MR; ++r) {
-      __m512 xb = _mm512_set1_ps(x[r * ldx + t]);
-      acc[r][0] = _mm512_fmadd_ps(xb, w0, acc[r][0]);
-      acc[r][1] = _mm512_fmadd_ps(xb, w1, acc[r][1]);
+      __m512 xe = _mm512_set1_ps(x[r * ldx + t]);
+      __m512 xo = _mm512_set1_ps(x[r * ldx + t + 1]);
+      acc[r][0] = _mm512_fmadd_ps(xe, w0, acc[r][0]);
+      acc[r][1] = _mm512_fmadd_ps(xe, w1, acc[r][1]);
+      odd[r][0] = _mm512_fmadd_ps(xo, v0, odd[r][0]);
+      odd[r][1] = _mm512_fmadd_ps(xo, v1, odd[r][1]);
     }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r) {
+    acc[r][0] = _mm512_add_ps(acc[r][0], odd[r][0]);
+    acc[r][1] = _mm512_add_ps(acc[r][1], odd[r][1]);
   }
   store_acc<MR>(acc, y, ldy, nb);
 }
