@@ -37,6 +37,7 @@ struct Args {
   bool json = false, lookup = false;
   std::string spec_task = "code";
   int32_t spec_concurrency = 1;
+  int32_t max_draft = 8;
 };
 
 // Code continuation prompts (the reference prompts of tests/data/reference.json).
@@ -255,6 +256,7 @@ int run(const Args& a) {
         SpecOptions so;
         so.use_draft = speculate && !a.draft.empty();
         so.use_lookup = speculate && a.lookup;
+        so.max_draft = a.max_draft;
         req.spec = so;
         ss.push_back(std::move(*(*e)->submit(req)));
       }
@@ -354,6 +356,7 @@ CommandRegistrar reg("bench", "Benchmark prompt processing and generation agains
   app.add_flag("--lookup", a->lookup, "Also measure speculative generation with prompt lookup");
   app.add_option("--spec-task", a->spec_task, "Speculation workload: code (continue code prompts) or edit (rewrite a function with a small change)")
       ->check(CLI::IsMember({"code", "edit"}))->capture_default_str();
+  app.add_option("--max-draft", a->max_draft, "Longest speculative proposal")->capture_default_str();
   app.add_option("--spec-concurrency", a->spec_concurrency, "Speculation workload: requests decoded together")->capture_default_str();
   app.add_flag("--json", a->json, "Print one JSON object (pp_tps, tg_tps, tg_bw_fraction, pp_blas_fraction, ...)");
   return [a] { return run(*a); };
