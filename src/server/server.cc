@@ -1,5 +1,7 @@
 #include "server/server.h"
 
+#include <sys/socket.h>
+
 #include <httplib.h>
 
 #include <algorithm>
@@ -105,6 +107,7 @@ struct HttpServer::Impl {
   std::string bos_str, eos_str;
   ParseContext pctx;
   httplib::Server svr;
+  int listen_fd = -1;  // the listening socket, to widen httplib's fixed backlog of 5
   std::unique_ptr<FimRoutes> fim;  // /infill, /v1/fim/completions, suffix on /v1/completions
   std::atomic<bool> stopping{false};
   std::atomic<int> active{0};  // generation requests in flight (handlers and stream providers)
@@ -842,6 +845,14 @@ Result<std::unique_ptr<HttpServer>> HttpServer::create(Engine& engine, ServerOpt
   im.svr.set_write_timeout(opt.write_timeout_s, 0);
   im.svr.set_keep_alive_max_count(1000);
   im.svr.set_keep_alive_timeout(5);
+  // Remember the listening socket (the options callback runs on it before bind) so bind() can
+  // raise the accept backlog: Debian's compiled httplib listens with a backlog of 5, which
+  // drops connections when hundreds of clients connect at once.
+  im.svr.set_socket_options([&im](int sock) {
+    int yes = 1;
+    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, reinterpret_cast<const char*>(&yes), sizeof(yes));
+    im.listen_fd = sock;
+  });
   im.routes();
   return s;
 }
@@ -859,6 +870,8 @@ Result<int> HttpServer::bind() {
     return Errf(Code::kInvalidArgument, "cannot bind {}:{} (in use, or not an address of this machine)",
                 impl_->opt.host, port);
   }
+  // Listening again on a listening socket only changes its backlog (Linux).
+  if (impl_->listen_fd >= 0) ::listen(impl_->listen_fd, 4096);
   return port;
 }
 
