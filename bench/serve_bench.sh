@@ -12,7 +12,7 @@ shift 3 || true
 concs=("$@")
 [ ${#concs[@]} -eq 0 ] && concs=(1 4 16 64)
 port=$((18000 + RANDOM % 1000))
-"$bin" serve -m "$model" --port "$port" --parallel 64 --ctx 4096 --http-threads 320 >/tmp/merlin-serve-bench.log 2>&1 &
+"$bin" serve -m "$model" --port "$port" --parallel 64 --ctx 4096 --http-threads 320 ${SERVE_ARGS:-} >/tmp/merlin-serve-bench.log 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null' EXIT
 for i in $(seq 1 600); do
