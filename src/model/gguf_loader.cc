@@ -12,15 +12,6 @@ namespace merlin {
 
 namespace {
 
-Tensor to_f32_owned(ModelWeights& w, const Tensor& t) {
-  if (t.dtype == DType::F32) return t;
-  Tensor o = t;
-  auto* p = reinterpret_cast<float*>(w.alloc(static_cast<size_t>(t.numel()) * 4));
-  dequantize_row(t.dtype, t.data, p, t.numel());
-  o.data = p;
-  o.dtype = DType::F32;
-  return o;
-}
 
 // Copies `t` into an owned buffer with rows (or elements, for 1-D biases) reordered.
 Tensor unpermute_owned(ModelWeights& w, const Tensor& t, int64_t head_dim) {

@@ -31,16 +31,6 @@ Status expect_shape(const Tensor& t, std::vector<int64_t> want, const std::strin
   return Status::Ok();
 }
 
-// Small vectors (norms, biases) are converted to f32 once so kernels need not care.
-Tensor to_f32_owned(ModelWeights& w, const Tensor& t) {
-  if (t.dtype == DType::F32) return t;
-  Tensor o = t;
-  auto* p = reinterpret_cast<float*>(w.alloc(static_cast<size_t>(t.numel()) * 4));
-  dequantize_row(t.dtype, t.data, p, t.numel());
-  o.data = p;
-  o.dtype = DType::F32;
-  return o;
-}
 
 }  // namespace
 

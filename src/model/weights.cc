@@ -2,6 +2,8 @@
 
 #include <cstdlib>
 
+#include "kernels/matmul.h"
+
 namespace merlin {
 
 uint8_t* ModelWeights::alloc(size_t nbytes) {
@@ -17,6 +19,16 @@ size_t ModelWeights::weight_bytes() const {
     n += l.wq.nbytes() + l.wk.nbytes() + l.wv.nbytes() + l.wo.nbytes() + l.w_gate.nbytes() +
          l.w_up.nbytes() + l.w_down.nbytes();
   return n;
+}
+
+Tensor to_f32_owned(ModelWeights& w, const Tensor& t) {
+  if (t.dtype == DType::F32) return t;
+  Tensor o = t;
+  auto* p = reinterpret_cast<float*>(w.alloc(static_cast<size_t>(t.numel()) * 4));
+  dequantize_row(t.dtype, t.data, p, t.numel());
+  o.data = p;
+  o.dtype = DType::F32;
+  return o;
 }
 
 }  // namespace merlin

@@ -35,4 +35,8 @@ struct ModelWeights {
   size_t weight_bytes() const;  // bytes of all matrices read per token (for bandwidth figures)
 };
 
+// Small vectors (norms, biases) are converted to f32 once at load so kernels need not care:
+// returns t itself when already f32, else a copy in a buffer owned by w.
+Tensor to_f32_owned(ModelWeights& w, const Tensor& t);
+
 }  // namespace merlin

@@ -9,6 +9,7 @@
 #include <fmt/format.h>
 
 #include "core/log.h"
+#include "server/ids.h"
 #include "server/request_parse.h"
 
 namespace merlin::server {
@@ -127,18 +128,6 @@ std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_hand
 bool write_str(httplib::DataSink& sink, const std::string& s) { return sink.write(s.data(), s.size()); }
 bool write_data(httplib::DataSink& sink, const json& j) { return write_str(sink, "data: " + dump(j) + "\n\n"); }
 
-std::string random_id(const char* prefix) {
-  thread_local std::mt19937_64 rng{std::random_device{}()};
-  static const char* hex = "0123456789abcdef";
-  std::string s = prefix;
-  for (int i = 0; i < 24; ++i) s += hex[rng() & 15];
-  return s;
-}
-
-int64_t unix_now() {
-  return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
 
 bool all_space(std::string_view s) { return s.find_first_not_of(" \t\r\n\f\v") == std::string_view::npos; }
 

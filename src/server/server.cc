@@ -14,6 +14,7 @@
 #include "core/log.h"
 #include "server/api_error.h"
 #include "server/fim.h"
+#include "server/ids.h"
 #include "server/request_parse.h"
 #include "tokenizer/chat_template.h"
 
@@ -29,18 +30,6 @@ constexpr const char* kChatMlTemplate =
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
     "'<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
 
-std::string random_id(const char* prefix) {
-  thread_local std::mt19937_64 rng{std::random_device{}()};
-  static const char* hex = "0123456789abcdef";
-  std::string s = prefix;
-  for (int i = 0; i < 24; ++i) s += hex[rng() & 15];
-  return s;
-}
-
-int64_t unix_now() {
-  return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
 
 // Generated text can end in the middle of a character (or hold bytes the model made up), and
 // nlohmann throws on dumping invalid UTF-8: replace rather than fail the response.
