@@ -56,6 +56,8 @@ Result<std::unique_ptr<Engine>> Engine::create(LoadedModel model, EngineOptions 
   if (opt.max_batch_tokens < 16) opt.max_batch_tokens = 16;
   int32_t ctx = opt.ctx_size > 0 ? opt.ctx_size : c.max_pos;
   if (ctx < 16) return Err(Code::kInvalidArgument, "context size must be at least 16 tokens");
+  // An unsupported KV type is refused, not silently replaced by f32.
+  if (auto st = KvCache::supported_type(c, opt.kv_type); !st.ok()) return std::unexpected(st);
   if (opt.draft) {
     const auto& d = opt.draft->config;
     if (d.n_vocab != c.n_vocab)
@@ -67,7 +69,7 @@ Result<std::unique_ptr<Engine>> Engine::create(LoadedModel model, EngineOptions 
   auto& o = e->opt_;
   int64_t kv_tokens = o.kv_tokens > 0 ? o.kv_tokens : static_cast<int64_t>(o.max_running) * ctx;
   // Cap the default KV allocation at 4 GiB; a user who wants more says --kv-tokens.
-  const int64_t per_tok = static_cast<int64_t>(KvCache::bytes_per_token(e->config()));
+  const int64_t per_tok = static_cast<int64_t>(KvCache::bytes_per_token(e->config(), o.kv_type));
   if (o.kv_tokens <= 0 && kv_tokens * per_tok > (int64_t{4} << 30)) kv_tokens = (int64_t{4} << 30) / per_tok;
   if (kv_tokens < ctx) kv_tokens = ctx;
   const int32_t n_blocks = static_cast<int32_t>((kv_tokens + o.block_size - 1) / o.block_size) + 1;

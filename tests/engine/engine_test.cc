@@ -161,6 +161,13 @@ TEST(Engine, VocabularyMismatchRefused) {
   EXPECT_NE(e.error().message.find("vocabulary"), std::string::npos);
 }
 
+TEST(Engine, UnsupportedKvTypeRefused) {
+  EngineOptions o;
+  o.kv_type = DType::Q4_0;
+  auto e = Engine::create(target(), o);
+  EXPECT_FALSE(e.has_value());
+}
+
 TEST(Engine, PrefixReuseHitsAndGivesIdenticalResult) {
   auto e = make_engine();
   const auto& tok = *target().tokenizer;
