@@ -195,7 +195,7 @@ int run_convert(const ConvertArgs& a) {
     fmt::print(stderr, "error: unknown --type '{}' (f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k_m, q5_k_m, q6_k)\n", a.type);
     return 2;
   }
-  auto wr = load_hf_weights(a.in);
+  auto wr = load_hf_weights(a.in, /*pack=*/false);  // read once: no packed copy in RAM
   if (!wr) {
     fmt::print(stderr, "error: {}\n", wr.error().message);
     return 1;

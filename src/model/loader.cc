@@ -46,7 +46,7 @@ void pack_weights(ModelWeights& w) {
   pack(w.output);
 }
 
-Result<std::shared_ptr<ModelWeights>> load_hf_weights(const std::string& dir) {
+Result<std::shared_ptr<ModelWeights>> load_hf_weights(const std::string& dir, bool pack) {
   auto w = std::make_shared<ModelWeights>();
   const std::string cfg_path = (fs::path(dir) / "config.json").string();
   MERLIN_TRY(cfg_text, read_file(cfg_path));
@@ -137,7 +137,7 @@ Result<std::shared_ptr<ModelWeights>> load_hf_weights(const std::string& dir) {
     GET(p + "mlp.down_proj.weight", (std::vector<int64_t>{E, c.n_ff}), L.w_down);
   }
 #undef GET
-  pack_weights(*w);
+  if (pack) pack_weights(*w);
   return w;
 }
 

@@ -65,7 +65,9 @@ struct LoadedModel {
 // Loads a Hugging Face model folder (config.json, *.safetensors, tokenizer.json) or a .gguf file.
 // Errors name the file and the problem.
 Result<LoadedModel> load_model(const std::string& path);
-Result<std::shared_ptr<ModelWeights>> load_hf_weights(const std::string& dir);
+// pack = false keeps every matrix row-major in the file mapping (no copy): for tools such as
+// the converter that only read the weights once.
+Result<std::shared_ptr<ModelWeights>> load_hf_weights(const std::string& dir, bool pack = true);
 // Repacks f32/f16/bf16 matrices for the matmul kernels (Layout::kPanel32). Loaders call it.
 void pack_weights(ModelWeights& w);
 // GGUF route (model/gguf_loader.cc).
