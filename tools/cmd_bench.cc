@@ -37,7 +37,7 @@ struct Args {
   bool json = false, lookup = false;
   std::string spec_task = "code";
   int32_t spec_concurrency = 1;
-  int32_t max_draft = 8;
+  int32_t max_draft = 16;
 };
 
 // Code continuation prompts (the reference prompts of tests/data/reference.json).

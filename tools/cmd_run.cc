@@ -14,7 +14,7 @@ namespace {
 
 struct RunArgs {
   std::string model, prompt, draft, precision = "f32", kv_type = "f32";
-  int32_t n = 128, top_k = 40, threads = 0, ctx = 0, max_draft = 8;
+  int32_t n = 128, top_k = 40, threads = 0, ctx = 0, max_draft = 16;
   float temp = 0.8f, top_p = 0.95f, min_p = 0.05f, repeat_penalty = 1.0f, presence = 0, frequency = 0;
   int64_t seed = -1;
   bool ignore_eos = false, json = false, lookup = false, no_spec = false, raw = false;

@@ -34,7 +34,7 @@ struct ServeArgs {
   std::string draft;
   std::string precision = "f32";
   bool lookup = false;
-  int max_draft = 8;
+  int max_draft = 16;
 };
 
 int run_serve(const ServeArgs& a) {

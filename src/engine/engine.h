@@ -30,7 +30,12 @@ const char* finish_reason_name(FinishReason r);  // "stop", "length", "cancelled
 struct SpecOptions {
   bool use_draft = true;     // only effective when the engine has a draft model
   bool use_lookup = false;   // prompt lookup (n-gram) proposals
-  int32_t max_draft = 8;     // upper bound of the adaptive draft length
+  int32_t max_draft = 16;    // upper bound of the adaptive draft length (grows +2 per fully accepted proposal)
+  // The draft model proposes only while fewer than this many sequences decode together: with a
+  // full batch a step is no longer weight-read-bound, so verifying proposals costs nearly as
+  // much as generating them (vLLM's speculative_disable_by_batch_size). Prompt lookup, which
+  // costs no model pass to propose, is not limited.
+  int32_t draft_max_batch = 4;
 };
 
 struct GenerationRequest {

@@ -181,10 +181,14 @@ void Engine::Impl::step(Engine& e) {
   std::vector<Sequence*> spec_seqs;
   std::vector<int32_t> spec_limit;
   if (spec) {
+    int32_t n_decoding = 0;
+    for (auto& r : running)
+      if (r->req.priority == active && !r->in_prefill() && r->n_uncomputed() == 1) ++n_decoding;
     for (auto& r : running) {
       Sequence& s = *r;
       if (s.req.priority != active || s.in_prefill() || s.n_uncomputed() != 1) continue;
-      if (!s.spec.use_draft && !s.spec.use_lookup) continue;
+      s.spec_draft_now = s.spec.use_draft && n_decoding < s.spec.draft_max_batch;
+      if (!s.spec_draft_now && !s.spec.use_lookup) continue;
       const int32_t room = std::min(s.req.max_tokens - s.n_generated - 1,
                                     e.ctx_size_ - static_cast<int32_t>(s.tokens.size()) - 1);
       const int32_t lim = std::min({s.spec_len, s.spec.max_draft, room});

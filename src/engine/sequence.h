@@ -42,6 +42,7 @@ struct Sequence {
   SpecOptions spec;                  // effective speculation settings
   std::unique_ptr<DraftState> draft; // draft-model KV state, when speculating with a draft
   int32_t spec_len = 4;              // adaptive draft length
+  bool spec_draft_now = false;       // the draft proposes this step (batch small enough)
 
   std::chrono::steady_clock::time_point t_arrival, t_first_sched, t_first_token, t_last_token;
   bool scheduled_once = false;

@@ -54,7 +54,7 @@ void Speculator::propose(ThreadPool& pool, const std::vector<Sequence*>& seqs, c
       out[i].tokens = lookup(s.tokens, limit[i]);
       if (!out[i].tokens.empty()) continue;
     }
-    if (s.spec.use_draft && draft_) use_draft.push_back(i);
+    if (s.spec_draft_now && draft_) use_draft.push_back(i);
   }
   if (use_draft.empty()) return;
 

@@ -130,9 +130,24 @@ TEST(Engine, SpeculativeGreedyIdenticalDraftLookupBoth) {
     SpecOptions so;
     so.use_draft = draft;
     so.use_lookup = lookup;
+    so.draft_max_batch = 1 << 20;  // the draft proposes inside the full batch too
     check_all_prompts(*e, so);
   }
   EXPECT_GT(e->metrics().spec_accepted.load(), 0u);
+}
+
+// With the default cut-off, a full batch decodes without draft proposals (same output).
+TEST(Engine, DraftPausedInFullBatch) {
+  EngineOptions o;
+  o.max_running = 16;
+  o.draft = draft_weights();
+  auto e = make_engine(o);
+  SpecOptions so;
+  so.use_draft = true;
+  so.use_lookup = false;
+  check_all_prompts(*e, so);
+  // 9 sequences decode together most of the time: far fewer proposals than tokens.
+  EXPECT_LT(e->metrics().spec_proposed.load(), 9u * 48u);
 }
 
 TEST(Engine, SpeculativeGreedyIdenticalAlone) {
@@ -280,6 +295,7 @@ TEST(Spec, SamplingDistributionMatchesTarget) {
       SpecOptions so;
       so.use_draft = mode == 1;
       so.use_lookup = false;
+      so.draft_max_batch = 1 << 20;  // speculate inside the 64-sequence batch
       r.spec = so;
       ss.push_back(std::move(*e->submit(r)));
     }
