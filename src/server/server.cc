@@ -467,27 +467,38 @@ struct HttpServer::Impl {
             return true;
           });
           if (!ok) return false;
-          for (auto& g : *state)
-            if (failed(g)) {
-              write_data(sink, openai_error_body(gen_error(g)));
-              write_str(sink, "data: [DONE]\n\n");
-              sink.done();
-              return true;
-            }
-          if (include_usage) {
-            int32_t completion = 0, cached = 0;
-            for (auto& g : *state) {
-              completion += g.usage.completion_tokens;
-              cached = std::max(cached, g.usage.cached_tokens);
-            }
-            write_data(sink, {{"id", id}, {"object", "text_completion"}, {"created", created}, {"model", model},
-                              {"system_fingerprint", "merlin"}, {"choices", json::array()},
-                              {"usage", openai_usage(prompt_total, completion, cached)}});
-          }
-          write_str(sink, "data: [DONE]\n\n");
-          sink.done();
-          return true;
+          return finish_openai_stream(sink, *state, include_usage,
+                                      {{"id", id}, {"object", "text_completion"}, {"created", created}, {"model", model}},
+                                      prompt_total);
         });
+  }
+
+  // The end of an OpenAI stream, the same for completions and chat: an error chunk if a
+  // generation failed, else the usage chunk when asked for; then [DONE]. `head` holds the
+  // chunk's id/object/created/model.
+  bool finish_openai_stream(httplib::DataSink& sink, const std::vector<Gen>& gens, bool include_usage, json head,
+                            int32_t prompt_tokens) const {
+    for (const auto& g : gens)
+      if (failed(g)) {
+        write_data(sink, openai_error_body(gen_error(g)));
+        write_str(sink, "data: [DONE]\n\n");
+        sink.done();
+        return true;
+      }
+    if (include_usage) {
+      int32_t completion = 0, cached = 0;
+      for (const auto& g : gens) {
+        completion += g.usage.completion_tokens;
+        cached = std::max(cached, g.usage.cached_tokens);
+      }
+      head["system_fingerprint"] = "merlin";
+      head["choices"] = json::array();
+      head["usage"] = openai_usage(prompt_tokens, completion, cached);
+      write_data(sink, head);
+    }
+    write_str(sink, "data: [DONE]\n\n");
+    sink.done();
+    return true;
   }
 
   void handle_chat(const httplib::Request& req, httplib::Response& res) {
@@ -572,26 +583,10 @@ struct HttpServer::Impl {
             return true;
           });
           if (!ok) return false;
-          for (auto& g : *state)
-            if (failed(g)) {
-              write_data(sink, openai_error_body(gen_error(g)));
-              write_str(sink, "data: [DONE]\n\n");
-              sink.done();
-              return true;
-            }
-          if (include_usage) {
-            int32_t completion = 0, cached = 0;
-            for (auto& g : *state) {
-              completion += g.usage.completion_tokens;
-              cached = std::max(cached, g.usage.cached_tokens);
-            }
-            write_data(sink, {{"id", id}, {"object", "chat.completion.chunk"}, {"created", created},
-                              {"model", model}, {"system_fingerprint", "merlin"}, {"choices", json::array()},
-                              {"usage", openai_usage(prompt_len, completion, cached)}});
-          }
-          write_str(sink, "data: [DONE]\n\n");
-          sink.done();
-          return true;
+          return finish_openai_stream(sink, *state, include_usage,
+                                      {{"id", id}, {"object", "chat.completion.chunk"}, {"created", created},
+                                       {"model", model}},
+                                      prompt_len);
         });
   }
 
