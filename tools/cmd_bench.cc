@@ -38,6 +38,7 @@ struct Args {
   std::string spec_task = "code";
   int32_t spec_concurrency = 1;
   int32_t max_draft = 16;
+  float draft_p_min = SpecOptions{}.draft_p_min;
 };
 
 // Code continuation prompts (the reference prompts of tests/data/reference.json).
@@ -257,6 +258,7 @@ int run(const Args& a) {
         so.use_draft = speculate && !a.draft.empty();
         so.use_lookup = speculate && a.lookup;
         so.max_draft = a.max_draft;
+        so.draft_p_min = a.draft_p_min;
         req.spec = so;
         ss.push_back(std::move(*(*e)->submit(req)));
       }
@@ -357,6 +359,10 @@ CommandRegistrar reg("bench", "Benchmark prompt processing and generation agains
   app.add_option("--spec-task", a->spec_task, "Speculation workload: code (continue code prompts) or edit (rewrite a function with a small change)")
       ->check(CLI::IsMember({"code", "edit"}))->capture_default_str();
   app.add_option("--max-draft", a->max_draft, "Longest speculative proposal")->capture_default_str();
+  app.add_option("--draft-p-min", a->draft_p_min,
+                 "The draft ends a proposal at a token it gives less than this probability")
+      ->check(CLI::Range(0.0, 1.0))
+      ->capture_default_str();
   app.add_option("--spec-concurrency", a->spec_concurrency, "Speculation workload: requests decoded together")->capture_default_str();
   app.add_flag("--json", a->json, "Print one JSON object (pp_tps, tg_tps, tg_bw_fraction, pp_blas_fraction, ...)");
   return [a] { return run(*a); };

@@ -15,6 +15,7 @@ namespace {
 struct RunArgs {
   std::string model, prompt, draft, precision = "f32", kv_type = "f32";
   int32_t n = 128, top_k = 40, threads = 0, ctx = 0, max_draft = 16;
+  float draft_p_min = SpecOptions{}.draft_p_min;
   float temp = 0.8f, top_p = 0.95f, min_p = 0.05f, repeat_penalty = 1.0f, presence = 0, frequency = 0;
   int64_t seed = -1;
   bool ignore_eos = false, json = false, lookup = false, no_spec = false, raw = false;
@@ -49,6 +50,7 @@ int run(const RunArgs& a) {
   eo.spec_default.use_draft = !a.draft.empty() && !a.no_spec;
   eo.spec_default.use_lookup = a.lookup && !a.no_spec;
   eo.spec_default.max_draft = a.max_draft;
+  eo.spec_default.draft_p_min = a.draft_p_min;
   auto engine = Engine::create(std::move(*m), eo);
   if (!engine) {
     fmt::print(stderr, "error: {}\n", engine.error().message);
@@ -150,6 +152,9 @@ CommandRegistrar reg("run", "Generate text from a prompt (streams to stdout, the
   app.add_option("--draft", a->draft, "Draft model for speculative decoding (same vocabulary)");
   app.add_flag("--lookup", a->lookup, "Prompt-lookup (n-gram) speculative decoding");
   app.add_option("--max-draft", a->max_draft, "Longest speculative proposal")->capture_default_str();
+  app.add_option("--draft-p-min", a->draft_p_min, "The draft ends a proposal at a token it gives less than this probability")
+      ->check(CLI::Range(0.0, 1.0))
+      ->capture_default_str();
   app.add_flag("--no-spec", a->no_spec, "Load the draft but do not speculate");
   app.add_flag("--raw", a->raw, "Do not echo the prompt before the generated text");
   app.add_flag("--json", a->json, "Print one JSON object {text, tokens, prompt_tokens, ttft_ms, prompt_tps, gen_tps}");

@@ -35,6 +35,7 @@ struct ServeArgs {
   std::string precision = "f32";
   bool lookup = false;
   int max_draft = 16;
+  float draft_p_min = SpecOptions{}.draft_p_min;
 };
 
 int run_serve(const ServeArgs& a) {
@@ -66,6 +67,7 @@ int run_serve(const ServeArgs& a) {
   eo.spec_default.use_draft = !a.draft.empty();
   eo.spec_default.use_lookup = a.lookup;
   eo.spec_default.max_draft = a.max_draft;
+  eo.spec_default.draft_p_min = a.draft_p_min;
   auto engine = Engine::create(std::move(*model), eo);
   if (!engine) {
     fmt::print(stderr, "error: {}\n", engine.error().message);
@@ -125,6 +127,9 @@ const CommandRegistrar reg("serve", "OpenAI- and Anthropic-compatible HTTP serve
       ->check(CLI::IsMember({"f32", "bf16"}));
   app.add_flag("--lookup", a->lookup, "Prompt-lookup (n-gram) speculation by default for every request");
   app.add_option("--max-draft", a->max_draft, "Longest speculative proposal")->check(CLI::Range(1, 64));
+  app.add_option("--draft-p-min", a->draft_p_min, "The draft ends a proposal at a token it gives less than this probability")
+      ->check(CLI::Range(0.0, 1.0))
+      ->capture_default_str();
   app.add_option("--fim-time-budget-ms", a->fim_time_budget_ms,
                  "FIM: stop a suggestion this long after its first token unless the request says (0: off)");
   app.add_flag("--fim-spm", a->fim_spm, "FIM: suffix-prefix-middle order (models trained on SPM)");

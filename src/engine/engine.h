@@ -36,6 +36,10 @@ struct SpecOptions {
   // much as generating them (vLLM's speculative_disable_by_batch_size). Prompt lookup, which
   // costs no model pass to propose, is not limited.
   int32_t draft_max_batch = 4;
+  // The draft stops extending a proposal at a token it is less sure of than this (its own
+  // probability of the token it chose; llama.cpp's --draft-p-min): such tokens are mostly
+  // rejected, and each costs a draft pass plus a verification row.
+  float draft_p_min = 0.0f;
 };
 
 struct GenerationRequest {

@@ -4,6 +4,8 @@
 #include <cmath>
 #include <limits>
 
+#include "kernels/ops.h"
+
 namespace merlin {
 
 Sampler::Sampler(const SamplingParams& p) : p_(p) {
@@ -39,7 +41,7 @@ void Sampler::distribution(std::span<float> logits, std::span<const TokenId> his
   const size_t n = logits.size();
   probs.assign(n, 0.0f);
   if (p_.greedy()) {
-    probs[std::max_element(logits.begin(), logits.end()) - logits.begin()] = 1.0f;
+    probs[static_cast<size_t>(argmax(logits.data(), static_cast<int64_t>(n)))] = 1.0f;
     return;
   }
   const float inv_t = 1.0f / p_.temperature;
@@ -107,7 +109,7 @@ TokenId Sampler::draw(const std::vector<float>& probs) {
 TokenId Sampler::sample(std::span<float> logits, std::span<const TokenId> history) {
   if (p_.greedy()) {
     apply_penalties(logits, history);
-    return static_cast<TokenId>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+    return static_cast<TokenId>(argmax(logits.data(), static_cast<int64_t>(logits.size())));
   }
   std::vector<float> probs;
   distribution(logits, history, probs);

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "engine/sequence.h"
+#include "kernels/ops.h"
 
 namespace merlin {
 
@@ -33,6 +34,15 @@ Ids Speculator::lookup(const Ids& tokens, int32_t k, int32_t min_n, int32_t max_
     }
   }
   return {};
+}
+
+// Softmax probability of the largest logit: 1 / sum(exp(l - max)). Logits more than 20 below
+// the maximum add under 2e-9 each and are skipped.
+static float top_probability(std::span<const float> lg, float max) {
+  double sum = 0;
+  for (float l : lg)
+    if (l > max - 20.0f) sum += std::exp(static_cast<double>(l - max));
+  return static_cast<float>(1.0 / sum);
 }
 
 bool Speculator::ensure_blocks(DraftState& d, int32_t n_tokens) {
@@ -92,23 +102,29 @@ void Speculator::propose(ThreadPool& pool, const std::vector<Sequence*>& seqs, c
       // The draft samples with the request's own settings (greedy stays greedy), so q is the
       // distribution the proposal was drawn from.
       TokenId t;
+      float conf = 1.0f;  // the draft's probability of the token it chose
       const auto& sp = s.sampler.params();
       const bool plain_greedy = sp.greedy() && sp.logit_bias.empty() && sp.repetition_penalty == 1.0f &&
                                 sp.presence_penalty == 0.0f && sp.frequency_penalty == 0.0f;
       if (plain_greedy) {
-        t = static_cast<TokenId>(std::max_element(lg.begin(), lg.end()) - lg.begin());
+        t = static_cast<TokenId>(argmax(lg.data(), V));
+        if (s.spec.draft_p_min > 0) conf = top_probability(lg, lg[t]);
       } else {
         Ids hist = s.tokens;
         hist.insert(hist.end(), out[i].tokens.begin(), out[i].tokens.end());
         s.sampler.distribution(lg, hist, probs);
         if (sp.greedy()) {
-          t = static_cast<TokenId>(std::max_element(probs.begin(), probs.end()) - probs.begin());
+          t = static_cast<TokenId>(argmax(probs.data(), V));
         } else {
           t = s.sampler.draw(probs);
-          out[i].q.push_back(probs);
         }
+        conf = probs[t];
       }
+      // A proposal ends at the first token the draft doubts (but holds at least one token).
+      if (conf < s.spec.draft_p_min && !out[i].tokens.empty()) continue;
+      if (!sp.greedy()) out[i].q.push_back(probs);
       out[i].tokens.push_back(t);
+      if (conf < s.spec.draft_p_min) continue;
       if (static_cast<int32_t>(out[i].tokens.size()) >= limit[i]) continue;
       const int32_t start = static_cast<int32_t>(next.tokens.size());
       next.tokens.push_back(t);

@@ -29,6 +29,19 @@ void rope_rotate_half(float* v, const float* cs, int64_t d, int64_t n_heads) {
   }
 }
 
+int64_t argmax_ref(const float* x, int64_t n) {
+  int64_t best = -1;
+  for (int64_t i = 0; i < n; ++i)
+    if (x[i] == x[i] && (best < 0 || x[i] > x[best])) best = i;
+  return best < 0 ? 0 : best;
+}
+
+int64_t argmax(const float* x, int64_t n) {
+  if (n <= 0) return 0;
+  if (cpu_level() >= CpuLevel::kAvx2) return detail::argmax_avx2(x, n);
+  return argmax_ref(x, n);
+}
+
 void swiglu(float* g, const float* u, int64_t n) {
   for (int64_t i = 0; i < n; ++i) g[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
 }

@@ -16,6 +16,10 @@ void rope_rotate_half(float* v, const float* cos_sin, int64_t head_dim, int64_t 
 // gate[i] = silu(gate[i]) * up[i]
 void swiglu(float* gate, const float* up, int64_t n);
 void add_inplace(float* y, const float* x, int64_t n);
+// Index of the first largest element (std::max_element's answer; NaNs are skipped, 0 when all
+// are NaN). AVX2 when available (argmax_avx2.cc), tested against the plain loop.
+int64_t argmax(const float* x, int64_t n);
+int64_t argmax_ref(const float* x, int64_t n);
 
 // Causal attention of one sequence's new tokens over its paged KV cache.
 struct AttentionArgs {
@@ -38,6 +42,7 @@ namespace detail {
 // Keys/values of token slot j (position j of the sequence) for kv head kvh, as f32: a pointer
 // into the cache for F32, else dequantized into buf (head_dim floats).
 const float* kv_row(const AttentionArgs& a, const void* base, int64_t j, int32_t kvh, float* buf);
+int64_t argmax_avx2(const float* x, int64_t n);
 void attention_avx512(const AttentionArgs& a, int64_t t, int32_t kvh, float* scores);
 }
 

@@ -136,6 +136,26 @@ TEST(Engine, SpeculativeGreedyIdenticalDraftLookupBoth) {
   EXPECT_GT(e->metrics().spec_accepted.load(), 0u);
 }
 
+// Confidence stopping (draft_p_min) shortens proposals, never changes the output.
+TEST(Engine, DraftConfidenceStopKeepsGreedyIdentity) {
+  auto mean_proposal = [](float p_min) {
+    EngineOptions o;
+    o.max_running = 16;
+    o.draft = draft_weights();
+    auto e = make_engine(o);
+    SpecOptions so;
+    so.use_draft = true;
+    so.draft_max_batch = 1 << 20;
+    so.draft_p_min = p_min;
+    check_all_prompts(*e, so);
+    EXPECT_GT(e->metrics().spec_accepted.load(), 0u);
+    return static_cast<double>(e->metrics().spec_proposed.load()) /
+           static_cast<double>(e->metrics().spec_target_passes.load());
+  };
+  const double plain = mean_proposal(0.0f), stopped = mean_proposal(0.7f);
+  EXPECT_LT(stopped, plain * 0.8) << plain << " vs " << stopped;
+}
+
 // With the default cut-off, a full batch decodes without draft proposals (same output).
 TEST(Engine, DraftPausedInFullBatch) {
   EngineOptions o;
