@@ -39,6 +39,7 @@ struct Args {
   int32_t spec_concurrency = 1;
   int32_t max_draft = 16;
   float draft_p_min = SpecOptions{}.draft_p_min;
+  int32_t draft_max_batch = SpecOptions{}.draft_max_batch;
 };
 
 // Code continuation prompts (the reference prompts of tests/data/reference.json).
@@ -259,6 +260,7 @@ int run(const Args& a) {
         so.use_lookup = speculate && a.lookup;
         so.max_draft = a.max_draft;
         so.draft_p_min = a.draft_p_min;
+        so.draft_max_batch = a.draft_max_batch;
         req.spec = so;
         ss.push_back(std::move(*(*e)->submit(req)));
       }
@@ -362,6 +364,10 @@ CommandRegistrar reg("bench", "Benchmark prompt processing and generation agains
   app.add_option("--draft-p-min", a->draft_p_min,
                  "The draft ends a proposal at a token it gives less than this probability")
       ->check(CLI::Range(0.0, 1.0))
+      ->capture_default_str();
+  app.add_option("--draft-max-batch", a->draft_max_batch,
+                 "The draft proposes only while fewer sequences than this decode together")
+      ->check(CLI::Range(1, 1 << 20))
       ->capture_default_str();
   app.add_option("--spec-concurrency", a->spec_concurrency, "Speculation workload: requests decoded together")->capture_default_str();
   app.add_flag("--json", a->json, "Print one JSON object (pp_tps, tg_tps, tg_bw_fraction, pp_blas_fraction, ...)");

@@ -36,6 +36,7 @@ struct ServeArgs {
   bool lookup = false;
   int max_draft = 16;
   float draft_p_min = SpecOptions{}.draft_p_min;
+  int draft_max_batch = SpecOptions{}.draft_max_batch;
 };
 
 int run_serve(const ServeArgs& a) {
@@ -68,6 +69,7 @@ int run_serve(const ServeArgs& a) {
   eo.spec_default.use_lookup = a.lookup;
   eo.spec_default.max_draft = a.max_draft;
   eo.spec_default.draft_p_min = a.draft_p_min;
+  eo.spec_default.draft_max_batch = a.draft_max_batch;
   auto engine = Engine::create(std::move(*model), eo);
   if (!engine) {
     fmt::print(stderr, "error: {}\n", engine.error().message);
@@ -127,6 +129,10 @@ const CommandRegistrar reg("serve", "OpenAI- and Anthropic-compatible HTTP serve
       ->check(CLI::IsMember({"f32", "bf16"}));
   app.add_flag("--lookup", a->lookup, "Prompt-lookup (n-gram) speculation by default for every request");
   app.add_option("--max-draft", a->max_draft, "Longest speculative proposal")->check(CLI::Range(1, 64));
+  app.add_option("--draft-max-batch", a->draft_max_batch,
+                 "The draft proposes only while fewer sequences than this decode together (prompt lookup is not limited)")
+      ->check(CLI::Range(1, 1 << 20))
+      ->capture_default_str();
   app.add_option("--draft-p-min", a->draft_p_min, "The draft ends a proposal at a token it gives less than this probability")
       ->check(CLI::Range(0.0, 1.0))
       ->capture_default_str();
