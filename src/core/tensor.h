@@ -14,7 +14,9 @@ namespace merlin {
 // panels of 32, each panel stored k-major so one cache line feeds 16 or 32 outputs. bf16 panels
 // interleave pairs of k ([k/2][32][2]) for VDPBF16PS; f32 panels are [k][32]. Rows are padded
 // to a multiple of 32 with zeros.
-enum class Layout : uint8_t { kRowMajor, kPanel32 };
+// kInterleave16: Q4_0 / Q8_0 blocks of 16 rows interleaved (kernels/quant.h), rows padded to a
+// multiple of 16; same number of bytes per row as row-major.
+enum class Layout : uint8_t { kRowMajor, kPanel32, kInterleave16 };
 
 struct Tensor {
   const void* data = nullptr;
@@ -32,7 +34,11 @@ struct Tensor {
   int64_t rows() const { return shape.size() >= 2 ? numel() / shape.back() : 1; }
   int64_t cols() const { return shape.empty() ? 0 : shape.back(); }
   size_t row_stride_bytes() const { return row_bytes(dtype, cols()); }
-  int64_t stored_rows() const { return layout == Layout::kPanel32 ? (rows() + 31) / 32 * 32 : rows(); }
+  int64_t stored_rows() const {
+    if (layout == Layout::kPanel32) return (rows() + 31) / 32 * 32;
+    if (layout == Layout::kInterleave16) return (rows() + 15) / 16 * 16;
+    return rows();
+  }
   size_t nbytes() const { return static_cast<size_t>(stored_rows()) * row_stride_bytes(); }
   // Row r of a row-major tensor (not meaningful for kPanel32; use dequantize_row).
   const uint8_t* row(int64_t r) const {

@@ -46,6 +46,13 @@ static float packed_at(const Tensor& w, int64_t r, int64_t t) {
 }
 
 void dequantize_row(const Tensor& w, int64_t r, float* out) {
+  if (w.layout == Layout::kInterleave16) {
+    thread_local std::vector<uint8_t> blocks;
+    blocks.resize(row_bytes(w.dtype, w.cols()));
+    interleaved_row_blocks(w, r, blocks.data());
+    quant_dequantize_row(w.dtype, blocks.data(), out, w.cols());
+    return;
+  }
   if (w.layout == Layout::kPanel32) {
     for (int64_t t = 0; t < w.cols(); ++t) out[t] = packed_at(w, r, t);
     return;
@@ -183,6 +190,10 @@ void matmul(ThreadPool& pool, const MatmulArgs& a) {
       if (avx512) detail::gemm_panel_avx512(args, p0, p1, xb.empty() ? nullptr : xb.data());
       else detail::gemm_panel_portable(args, p0, p1);
     });
+    return;
+  }
+  if (w.layout == Layout::kInterleave16) {
+    quant_matmul_x16(pool, args);
     return;
   }
   // Row-major: quantized weights (their kernels quantize activations themselves) and

@@ -21,4 +21,20 @@ bool quant_quantize_row(DType t, const float* src, void* dst, int64_t n);
 // Returns false when no kernel exists for the type (the caller then dequantizes).
 bool quant_matmul(const MatmulArgs& a, int64_t n0, int64_t n1);
 
+// Layout::kInterleave16, for Q4_0 and Q8_0: groups of 16 rows, and within a group, block by
+// block: the 16 rows' fp16 scales (32 bytes), then the quants in 64-byte chunks that each hold
+// 4 consecutive quant bytes of every row (row l at bytes 4l..4l+3). One load then feeds
+// vpdpbusd with 4 weights of 16 output columns, and the 16 scales convert in one instruction:
+// the gemv does no per-block shuffling (llama.cpp's CPU "repack" types do the same, 8 rows wide).
+// Q4_0 chunk c holds qs[4c..4c+3] (low nibbles: elements 4c.., high: 16+4c..); Q8_0 chunk c
+// holds qs[4c..4c+3] + 128 (unsigned, for vpdpbusd). Same bytes per row as the file.
+bool can_interleave(const Tensor& w);        // Q4_0/Q8_0 matrix, row-major, k % 32 == 0
+bool interleave_pays();                      // the CPU has the kernel (AVX512-VNNI)
+size_t interleaved_bytes(const Tensor& w);
+Tensor interleave_matrix(ThreadPool& pool, const Tensor& w, void* dst);  // dst: 64-byte aligned
+// The original blocks of row r (row_bytes(dtype, cols) bytes, exactly as in the file).
+void interleaved_row_blocks(const Tensor& w, int64_t r, void* dst);
+// y = x W^T for an interleaved W (all columns; multi-threaded). Called by matmul().
+void quant_matmul_x16(ThreadPool& pool, const MatmulArgs& a);
+
 }  // namespace merlin

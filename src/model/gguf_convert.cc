@@ -147,7 +147,7 @@ Result<std::vector<uint8_t>> gguf_convert_tensor(const Tensor& src, DType dst, c
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t sr = row_order ? (*row_order)[r] : r;
       uint8_t* d = out.data() + static_cast<size_t>(r) * dst_rb;
-      if (src.layout == Layout::kPanel32) {
+      if (src.layout != Layout::kRowMajor) {
         dequantize_row(src, sr, f.data());  // repacked by the loader: read through the kernels
       } else {
         const uint8_t* s = base + static_cast<size_t>(sr) * src_rb;

@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "kernels/matmul.h"
+#include "kernels/quant.h"
 #include "model/safetensors.h"
 
 namespace merlin {
@@ -36,13 +37,24 @@ Status expect_shape(const Tensor& t, std::vector<int64_t> want, const std::strin
 
 void pack_weights(ModelWeights& w) {
   ThreadPool pool(default_thread_count());
+  const bool interleave = interleave_pays();
   auto pack = [&](Tensor& t) {
+    if (interleave && can_interleave(t)) {
+      t = interleave_matrix(pool, t, w.alloc(interleaved_bytes(t)));
+      return;
+    }
     if (!can_pack(t)) return;
     t = pack_matrix(pool, t, w.alloc(packed_bytes(t)));
   };
   for (auto& L : w.layers)
     for (Tensor* t : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down}) pack(*t);
-  // A tied output head gets its own packed copy; the embedding stays row-major for lookups.
+  // A tied output head gets its own packed copy and the embedding stays row-major for lookups;
+  // an interleaved quantized head is shared with the embedding (rows are read back exactly).
+  if (interleave && w.output.data == w.tok_embd.data && can_interleave(w.tok_embd)) {
+    pack(w.tok_embd);
+    w.output = w.tok_embd;
+    return;
+  }
   pack(w.output);
 }
 
