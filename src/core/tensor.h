@@ -14,8 +14,9 @@ namespace merlin {
 // panels of 32, each panel stored k-major so one cache line feeds 16 or 32 outputs. bf16 panels
 // interleave pairs of k ([k/2][32][2]) for VDPBF16PS; f32 panels are [k][32]. Rows are padded
 // to a multiple of 32 with zeros.
-// kInterleave16: Q4_0 / Q8_0 blocks of 16 rows interleaved (kernels/quant.h), rows padded to a
-// multiple of 16; same number of bytes per row as row-major.
+// kInterleave16: quantized blocks of 16 rows interleaved (kernels/quant.h), rows padded to a
+// multiple of 16. nbytes() reports the file's (row-major) size; Q4_K stores 64 more bytes per
+// 16 rows x 256 columns in memory (its packed 6-bit scales are decoded to bytes).
 enum class Layout : uint8_t { kRowMajor, kPanel32, kInterleave16 };
 
 struct Tensor {

@@ -21,14 +21,15 @@ bool quant_quantize_row(DType t, const float* src, void* dst, int64_t n);
 // Returns false when no kernel exists for the type (the caller then dequantizes).
 bool quant_matmul(const MatmulArgs& a, int64_t n0, int64_t n1);
 
-// Layout::kInterleave16, for Q4_0 and Q8_0: groups of 16 rows, and within a group, block by
-// block: the 16 rows' fp16 scales (32 bytes), then the quants in 64-byte chunks that each hold
-// 4 consecutive quant bytes of every row (row l at bytes 4l..4l+3). One load then feeds
-// vpdpbusd with 4 weights of 16 output columns, and the 16 scales convert in one instruction:
-// the gemv does no per-block shuffling (llama.cpp's CPU "repack" types do the same, 8 rows wide).
-// Q4_0 chunk c holds qs[4c..4c+3] (low nibbles: elements 4c.., high: 16+4c..); Q8_0 chunk c
-// holds qs[4c..4c+3] + 128 (unsigned, for vpdpbusd). Same bytes per row as the file.
-bool can_interleave(const Tensor& w);        // Q4_0/Q8_0 matrix, row-major, k % 32 == 0
+// Layout::kInterleave16, for Q4_0, Q8_0, Q4_K and Q6_K: groups of 16 rows, and within a group,
+// block position by block position: the 16 rows' scales as vectors (fp16 d / dmin; K-quant
+// sub-block scales decoded to one byte per row), then the quants in 64-byte chunks that each
+// hold 4 consecutive quant bytes of every row (row l at bytes 4l..4l+3). One load then feeds
+// vpdpbusd with 4 weights of 16 output columns, and the scales of 16 rows convert in one
+// instruction: the gemv does no per-block shuffling (llama.cpp's CPU "repack" types do the same,
+// 8 rows wide). Q8_0 quants are stored +128 (unsigned, for vpdpbusd). Every row's file bytes
+// can be recovered exactly (interleaved_row_blocks).
+bool can_interleave(const Tensor& w);        // Q4_0/Q8_0/Q4_K/Q6_K row-major matrix
 bool interleave_pays();                      // the CPU has the kernel (AVX512-VNNI)
 size_t interleaved_bytes(const Tensor& w);
 Tensor interleave_matrix(ThreadPool& pool, const Tensor& w, void* dst);  // dst: 64-byte aligned

@@ -85,3 +85,31 @@ VecDotFn vec_dot_best(DType t);
 // Activation block type a weight type is multiplied with: Q8_K for K-quants, else Q8_0.
 DType vec_dot_act_type(DType t);
 }  // namespace merlin::quant
+
+namespace merlin::quant {
+// Where block position b of a 16-row group lives in Layout::kInterleave16 (see quant.h). Each
+// block has a head (the rows' fp16 super-scales: 32 or 64 bytes) and a body (a multiple of 64
+// bytes). 32-byte heads are stored in pairs, [head b | head b+1] then body b, body b+1, so that
+// every body starts on a 64-byte boundary and no vector load is split across cache lines.
+struct X16Geom {
+  int64_t head = 0, body = 0;
+  static X16Geom of(DType t) {
+    switch (t) {
+      case DType::Q4_0: return {32, 4 * 64};                   // d | 4 quant chunks
+      case DType::Q8_0: return {32, 8 * 64};                   // d | 8 quant chunks
+      case DType::Q4_K: return {64, 128 + 128 + 32 * 64};      // d, dmin | scales, mins, 32 chunks
+      case DType::Q6_K: return {32, 256 + 32 * 64 + 16 * 64};  // d | 16 scales, 32 ql, 16 qh chunks
+      default: return {};
+    }
+  }
+  bool paired() const { return head == 32; }
+  int64_t offset(int64_t b) const {  // start of block b's pair (paired) or block
+    return paired() ? (b / 2) * (64 + 2 * body) : b * (head + body);
+  }
+  int64_t head_at(int64_t b) const { return offset(b) + (paired() ? 32 * (b % 2) : 0); }
+  int64_t body_at(int64_t b) const { return paired() ? offset(b) + 64 + (b % 2) * body : offset(b) + head; }
+  int64_t group_bytes(int64_t nb) const {
+    return paired() ? (nb / 2) * (64 + 2 * body) + (nb % 2) * (64 + body) : nb * (head + body);
+  }
+};
+}  // namespace merlin::quant

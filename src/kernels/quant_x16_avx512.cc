@@ -1,8 +1,9 @@
-// AVX512-VNNI gemv/gemm over Layout::kInterleave16 Q4_0 / Q8_0 weights (layout in quant.h).
-// Called only when interleave_pays(). Per block position of a 16-row group: one vcvtph2ps for
-// the 16 row scales, 4 (Q4_0) or 8 (Q8_0) 64-byte loads, and per activation row 8 vpdpbusd
-// whose 16 int32 lanes are the 16 rows' partial sums; then one multiply-add applies the
-// activation scale and the unsigned-offset correction and one more the row scales.
+// AVX512-VNNI gemv/gemm over Layout::kInterleave16 weights (layout in quant.h): Q4_0, Q8_0,
+// Q4_K, Q6_K. Called only when interleave_pays(). Per 32 weights of a 16-row group: the quant
+// bytes come in 4-byte-per-row chunks, so each vpdpbusd multiplies 4 weights of all 16 rows by
+// 4 broadcast activation bytes, and its 16 int32 lanes are the 16 output columns' partial sums.
+// Scales of 16 rows are one vector. Per activation row and 32 weights: 8 vpdpbusd, then one
+// multiply-add for the activation scale and offset and one for the row scales.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -17,15 +18,14 @@ namespace merlin::quant {
 
 namespace {
 
-// One activation block, quantized to int8 with scale d (exact f32, not rounded to fp16).
-// negc = -offset * d * sum(q): the correction for the weights' unsigned encoding
-// (Q4_0: nibble = w + 8; Q8_0 interleaved: byte = w + 128).
+// 32 activations quantized to int8 with scale d (exact f32, not rounded to fp16), and d times
+// the sum of the quants of each 16-half (for the unsigned-offset and min corrections).
 struct XBlock {
-  float d, negc;
+  float d, dsum, dsum_lo, dsum_hi;
   int32_t q4[8];  // 32 int8, read 4 at a time as broadcast dwords
 };
 
-void quantize_activations(const float* x, int64_t nb, float offset, XBlock* out) {
+void quantize_activations(const float* x, int64_t nb, XBlock* out) {
   const __m512 sign = _mm512_set1_ps(-0.0f);
   for (int64_t b = 0; b < nb; ++b) {
     const __m512 v0 = _mm512_loadu_ps(x + b * 32), v1 = _mm512_loadu_ps(x + b * 32 + 16);
@@ -36,76 +36,180 @@ void quantize_activations(const float* x, int64_t nb, float offset, XBlock* out)
     XBlock& o = out[b];
     _mm_storeu_si128(reinterpret_cast<__m128i*>(o.q4), _mm512_cvtsepi32_epi8(q0));
     _mm_storeu_si128(reinterpret_cast<__m128i*>(o.q4 + 4), _mm512_cvtsepi32_epi8(q1));
-    const int32_t sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
     o.d = d;
-    o.negc = -offset * d * static_cast<float>(sum);
+    o.dsum_lo = d * static_cast<float>(_mm512_reduce_add_epi32(q0));
+    o.dsum_hi = d * static_cast<float>(_mm512_reduce_add_epi32(q1));
+    o.dsum = o.dsum_lo + o.dsum_hi;
   }
 }
 
+inline __m512i bc(int32_t v) { return _mm512_set1_epi32(v); }
+inline __m512i ld(const uint8_t* p) { return _mm512_loadu_si512(p); }
+
+// Sum over 8 chunks (32 weights): two independent chains.
+inline __m512i dot8(const __m512i (&w)[8], const int32_t* q) {
+  __m512i s0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[0], bc(q[0]));
+  __m512i s1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[1], bc(q[1]));
+  s0 = _mm512_dpbusd_epi32(s0, w[2], bc(q[2]));
+  s1 = _mm512_dpbusd_epi32(s1, w[3], bc(q[3]));
+  s0 = _mm512_dpbusd_epi32(s0, w[4], bc(q[4]));
+  s1 = _mm512_dpbusd_epi32(s1, w[5], bc(q[5]));
+  s0 = _mm512_dpbusd_epi32(s0, w[6], bc(q[6]));
+  s1 = _mm512_dpbusd_epi32(s1, w[7], bc(q[7]));
+  return _mm512_add_epi32(s0, s1);
+}
+
+// 16-byte row vector of u8 / i8 scales -> f32 lanes times the fp16 super-block scale.
+inline __m512 scale_u8(const uint8_t* p, __m512 d) {
+  return _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)))));
+}
+inline __m512 scale_i8(const uint8_t* p, __m512 d) {
+  return _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)))));
+}
+inline __m512 f16x16(const uint8_t* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
+
+template <int MR>
+struct Acc {
+  __m512 v[MR];
+  Acc() {
+    for (int r = 0; r < MR; ++r) v[r] = _mm512_setzero_ps();
+  }
+  void store(float* y, int64_t ldy, int cols) {
+    const __mmask16 mask = cols >= 16 ? 0xffff : static_cast<__mmask16>((1u << cols) - 1);
+    for (int r = 0; r < MR; ++r) _mm512_mask_storeu_ps(y + r * ldy, mask, v[r]);
+  }
+};
+
+// Q4_0 (offset 8) and Q8_0 (+128): one 32-weight block per step.
 template <int MR, bool kQ4>
-void group_rows(const uint8_t* grp, int64_t nb, const XBlock* const* x, float* y, int64_t ldy, int cols) {
-  constexpr int kChunks = kQ4 ? 4 : 8;
-  constexpr int64_t kBlockBytes = kQ4 ? 16 * 18 : 16 * 34;
-  __m512 acc[MR];
-#pragma GCC unroll 4
-  for (int r = 0; r < MR; ++r) acc[r] = _mm512_setzero_ps();
+void rows_q4_0_q8_0(const uint8_t* grp, int64_t nb, const XBlock* const* x, float* y, int64_t ldy, int cols) {
+  constexpr int64_t kBody = kQ4 ? 4 * 64 : 8 * 64;  // X16Geom: paired 32-byte heads
+  constexpr float kOffset = kQ4 ? 8.0f : 128.0f;
+  Acc<MR> acc;
   const __m512i m4 = _mm512_set1_epi8(0x0F);
   for (int64_t b = 0; b < nb; ++b) {
-    const uint8_t* blk = grp + b * kBlockBytes;
-    const __m512 sw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk)));
+    const uint8_t* pair = grp + (b / 2) * (64 + 2 * kBody);
+    const uint8_t* body = pair + 64 + (b % 2) * kBody;
+    const __m512 sw = f16x16(pair + 32 * (b % 2));
     __m512i w[8];
     if constexpr (kQ4) {
 #pragma GCC unroll 4
       for (int c = 0; c < 4; ++c) {
-        const __m512i z = _mm512_loadu_si512(blk + 32 + 64 * c);
+        const __m512i z = ld(body + 64 * c);
         w[c] = _mm512_and_si512(z, m4);
         w[4 + c] = _mm512_and_si512(_mm512_srli_epi16(z, 4), m4);
       }
     } else {
 #pragma GCC unroll 8
-      for (int c = 0; c < kChunks; ++c) w[c] = _mm512_loadu_si512(blk + 32 + 64 * c);
+      for (int c = 0; c < 8; ++c) w[c] = ld(body + 64 * c);
     }
 #pragma GCC unroll 4
     for (int r = 0; r < MR; ++r) {
       const XBlock& xb = x[r][b];
-      __m512i s0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[0], _mm512_set1_epi32(xb.q4[0]));
-      __m512i s1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[1], _mm512_set1_epi32(xb.q4[1]));
-      s0 = _mm512_dpbusd_epi32(s0, w[2], _mm512_set1_epi32(xb.q4[2]));
-      s1 = _mm512_dpbusd_epi32(s1, w[3], _mm512_set1_epi32(xb.q4[3]));
-      s0 = _mm512_dpbusd_epi32(s0, w[4], _mm512_set1_epi32(xb.q4[4]));
-      s1 = _mm512_dpbusd_epi32(s1, w[5], _mm512_set1_epi32(xb.q4[5]));
-      s0 = _mm512_dpbusd_epi32(s0, w[6], _mm512_set1_epi32(xb.q4[6]));
-      s1 = _mm512_dpbusd_epi32(s1, w[7], _mm512_set1_epi32(xb.q4[7]));
-      const __m512 t = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)), _mm512_set1_ps(xb.d),
-                                       _mm512_set1_ps(xb.negc));
-      acc[r] = _mm512_fmadd_ps(sw, t, acc[r]);
+      const __m512 t = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot8(w, xb.q4)), _mm512_set1_ps(xb.d),
+                                       _mm512_set1_ps(-kOffset * xb.dsum));
+      acc.v[r] = _mm512_fmadd_ps(sw, t, acc.v[r]);
     }
   }
-  const __mmask16 mask = cols >= 16 ? 0xffff : static_cast<__mmask16>((1u << cols) - 1);
-#pragma GCC unroll 4
-  for (int r = 0; r < MR; ++r) _mm512_mask_storeu_ps(y + r * ldy, mask, acc[r]);
+  acc.store(y, ldy, cols);
 }
 
-template <bool kQ4>
-void groups(const MatmulArgs& a, const std::vector<XBlock>& xq, int64_t g0, int64_t g1) {
-  const Tensor& w = *a.w;
-  const int64_t n = w.rows(), nb = w.cols() / 32;
-  const int64_t group_bytes = nb * (kQ4 ? 16 * 18 : 16 * 34);
-  for (int64_t g = g0; g < g1; ++g) {
-    const uint8_t* grp = static_cast<const uint8_t*>(w.data) + g * group_bytes;
-    const int cols = static_cast<int>(std::min<int64_t>(16, n - g * 16));
-    for (int64_t i = 0; i < a.m; i += 4) {
-      const XBlock* x[4];
-      const int mr = static_cast<int>(std::min<int64_t>(4, a.m - i));
-      for (int r = 0; r < mr; ++r) x[r] = xq.data() + (i + r) * nb;
-      float* y = a.y + i * a.ldy + g * 16;
-      switch (mr) {
-        case 4: group_rows<4, kQ4>(grp, nb, x, y, a.ldy, cols); break;
-        case 3: group_rows<3, kQ4>(grp, nb, x, y, a.ldy, cols); break;
-        case 2: group_rows<2, kQ4>(grp, nb, x, y, a.ldy, cols); break;
-        default: group_rows<1, kQ4>(grp, nb, x, y, a.ldy, cols); break;
+// Q4_K: w = d*sc*q - dmin*m per 32-weight sub-block; the nibbles of one byte belong to
+// sub-blocks 2j (low) and 2j+1 (high) of 64-weight chunk j.
+template <int MR>
+void rows_q4_k(const uint8_t* grp, int64_t nsb, const XBlock* const* x, float* y, int64_t ldy, int cols) {
+  constexpr int64_t kBytes = 64 + 128 + 128 + 32 * 64;  // X16Geom: unpaired 64-byte head
+  Acc<MR> acc;
+  const __m512i m4 = _mm512_set1_epi8(0x0F);
+  for (int64_t sb = 0; sb < nsb; ++sb) {
+    const uint8_t* blk = grp + sb * kBytes;
+    const __m512 d = f16x16(blk), dmin = f16x16(blk + 32);
+    const uint8_t* qs = blk + 320;
+    for (int s = 0; s < 8; ++s) {
+      const uint8_t* ch = qs + 64 * 8 * (s / 2);
+      __m512i w[8];
+      if (s % 2 == 0) {
+#pragma GCC unroll 8
+        for (int c = 0; c < 8; ++c) w[c] = _mm512_and_si512(ld(ch + 64 * c), m4);
+      } else {
+#pragma GCC unroll 8
+        for (int c = 0; c < 8; ++c) w[c] = _mm512_and_si512(_mm512_srli_epi16(ld(ch + 64 * c), 4), m4);
+      }
+      const __m512 sc = scale_u8(blk + 64 + 16 * s, d), mn = scale_u8(blk + 192 + 16 * s, dmin);
+#pragma GCC unroll 4
+      for (int r = 0; r < MR; ++r) {
+        const XBlock& xb = x[r][sb * 8 + s];
+        const __m512 t = _mm512_mul_ps(_mm512_cvtepi32_ps(dot8(w, xb.q4)), _mm512_set1_ps(xb.d));
+        acc.v[r] = _mm512_fnmadd_ps(mn, _mm512_set1_ps(xb.dsum), _mm512_fmadd_ps(sc, t, acc.v[r]));
       }
     }
+  }
+  acc.store(y, ldy, cols);
+}
+
+// Q6_K: w = d*sc16*(q - 32), q = 4 low bits (ql) | 2 high bits (qh) << 4. In each 128-weight
+// half, ql byte l holds weights l (low nibble) and l+64 (high), ql byte l+32 weights l+32 and
+// l+96, and qh byte l the high bits of l, l+32, l+64, l+96 (bit pairs 0, 2, 4, 6).
+template <int MR>
+void rows_q6_k(const uint8_t* grp, int64_t nsb, const XBlock* const* x, float* y, int64_t ldy, int cols) {
+  constexpr int64_t kBody = 256 + 32 * 64 + 16 * 64;  // X16Geom: paired 32-byte heads
+  Acc<MR> acc;
+  const __m512i m4 = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
+  for (int64_t sb = 0; sb < nsb; ++sb) {
+    const uint8_t* pair = grp + (sb / 2) * (64 + 2 * kBody);
+    const uint8_t* blk = pair + 64 + (sb % 2) * kBody;  // scales, then ql, then qh
+    const __m512 d = f16x16(pair + 32 * (sb % 2));
+    for (int n = 0; n < 2; ++n) {
+      // ql(c) at chunk 2c, qh(c) at 2c + 1, ql(8 + c) at 16 + c (quant_x16.cc, q6k_*_chunk).
+      const uint8_t* half = blk + 256 + 64 * 24 * n;
+      for (int t = 0; t < 4; ++t) {  // weights 32t..32t+31 of this half
+        __m512i w[8];
+#pragma GCC unroll 8
+        for (int c = 0; c < 8; ++c) {
+          const __m512i l = ld(half + 64 * (t % 2 == 0 ? 2 * c : 16 + c));
+          const __m512i h = ld(half + 64 * (2 * c + 1));
+          const __m512i lo = t < 2 ? _mm512_and_si512(l, m4) : _mm512_and_si512(_mm512_srli_epi16(l, 4), m4);
+          __m512i hi;
+          switch (t) {
+            case 0: hi = _mm512_slli_epi16(h, 4); break;
+            case 1: hi = _mm512_slli_epi16(h, 2); break;
+            case 2: hi = h; break;
+            default: hi = _mm512_srli_epi16(h, 2); break;
+          }
+          w[c] = _mm512_or_si512(lo, _mm512_and_si512(hi, m30));
+        }
+        const __m512 sc_lo = scale_i8(blk + 16 * (8 * n + 2 * t), d);
+        const __m512 sc_hi = scale_i8(blk + 16 * (8 * n + 2 * t + 1), d);
+#pragma GCC unroll 4
+        for (int r = 0; r < MR; ++r) {
+          const XBlock& xb = x[r][sb * 8 + 4 * n + t];
+          __m512i s0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[0], bc(xb.q4[0]));
+          __m512i s1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[4], bc(xb.q4[4]));
+          s0 = _mm512_dpbusd_epi32(s0, w[1], bc(xb.q4[1]));
+          s1 = _mm512_dpbusd_epi32(s1, w[5], bc(xb.q4[5]));
+          s0 = _mm512_dpbusd_epi32(s0, w[2], bc(xb.q4[2]));
+          s1 = _mm512_dpbusd_epi32(s1, w[6], bc(xb.q4[6]));
+          s0 = _mm512_dpbusd_epi32(s0, w[3], bc(xb.q4[3]));
+          s1 = _mm512_dpbusd_epi32(s1, w[7], bc(xb.q4[7]));
+          const __m512 vd = _mm512_set1_ps(xb.d);
+          const __m512 t0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s0), vd, _mm512_set1_ps(-32.0f * xb.dsum_lo));
+          const __m512 t1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s1), vd, _mm512_set1_ps(-32.0f * xb.dsum_hi));
+          acc.v[r] = _mm512_fmadd_ps(sc_hi, t1, _mm512_fmadd_ps(sc_lo, t0, acc.v[r]));
+        }
+      }
+    }
+  }
+  acc.store(y, ldy, cols);
+}
+
+template <int MR>
+void rows(DType t, const uint8_t* grp, int64_t nb, const XBlock* const* x, float* y, int64_t ldy, int cols) {
+  switch (t) {
+    case DType::Q4_0: rows_q4_0_q8_0<MR, true>(grp, nb, x, y, ldy, cols); break;
+    case DType::Q8_0: rows_q4_0_q8_0<MR, false>(grp, nb, x, y, ldy, cols); break;
+    case DType::Q4_K: rows_q4_k<MR>(grp, nb, x, y, ldy, cols); break;
+    case DType::Q6_K: rows_q6_k<MR>(grp, nb, x, y, ldy, cols); break;
+    default: break;
   }
 }
 
@@ -113,14 +217,31 @@ void groups(const MatmulArgs& a, const std::vector<XBlock>& xq, int64_t g0, int6
 
 void matmul_x16_vnni(ThreadPool& pool, const MatmulArgs& a) {
   const Tensor& w = *a.w;
-  const bool q4 = w.dtype == DType::Q4_0;
-  const int64_t nb = w.cols() / 32, n_groups = (w.rows() + 15) / 16;
+  const DType t = w.dtype;
+  const int64_t k = w.cols(), n = w.rows(), n_groups = (n + 15) / 16;
+  const int64_t nb = k / dtype_info(t).block_elems;  // block positions per row
+  const int64_t nx = k / 32;                          // activation blocks per row
+  const int64_t group_bytes = X16Geom::of(t).group_bytes(nb);
   // The activations are quantized once per call and shared by the threads.
-  std::vector<XBlock> xq(static_cast<size_t>(a.m * nb));
-  for (int64_t i = 0; i < a.m; ++i) quantize_activations(a.x + i * a.ldx, nb, q4 ? 8.0f : 128.0f, xq.data() + i * nb);
+  std::vector<XBlock> xq(static_cast<size_t>(a.m * nx));
+  for (int64_t i = 0; i < a.m; ++i) quantize_activations(a.x + i * a.ldx, nx, xq.data() + i * nx);
   pool.parallel_for(n_groups, 1, [&](int64_t g0, int64_t g1) {
-    if (q4) groups<true>(a, xq, g0, g1);
-    else groups<false>(a, xq, g0, g1);
+    for (int64_t g = g0; g < g1; ++g) {
+      const uint8_t* grp = static_cast<const uint8_t*>(w.data) + g * group_bytes;
+      const int cols = static_cast<int>(std::min<int64_t>(16, n - g * 16));
+      for (int64_t i = 0; i < a.m; i += 4) {
+        const XBlock* x[4];
+        const int mr = static_cast<int>(std::min<int64_t>(4, a.m - i));
+        for (int r = 0; r < mr; ++r) x[r] = xq.data() + (i + r) * nx;
+        float* y = a.y + i * a.ldy + g * 16;
+        switch (mr) {
+          case 4: rows<4>(t, grp, nb, x, y, a.ldy, cols); break;
+          case 3: rows<3>(t, grp, nb, x, y, a.ldy, cols); break;
+          case 2: rows<2>(t, grp, nb, x, y, a.ldy, cols); break;
+          default: rows<1>(t, grp, nb, x, y, a.ldy, cols); break;
+        }
+      }
+    }
   });
 }
 

@@ -250,7 +250,7 @@ namespace {
 // reference, and a row's result does not depend on how many rows are computed together.
 TEST(QuantInterleave, RowsComeBackExactly) {
   ThreadPool pool(2);
-  for (DType t : {DType::Q4_0, DType::Q8_0}) {
+  for (DType t : {DType::Q4_0, DType::Q8_0, DType::Q4_K, DType::Q6_K}) {
     const int64_t n = 40, k = 256;  // 40 rows: two full groups and a padded one
     auto wbuf = make_weights(t, n, k, 5);
     Tensor w;
@@ -279,8 +279,10 @@ TEST(QuantInterleave, RowsComeBackExactly) {
 TEST(QuantInterleave, MatmulMatchesReferenceAndIsBatchInvariant) {
   CapGuard guard;
   ThreadPool pool(2);
-  for (DType t : {DType::Q4_0, DType::Q8_0}) {
-    const int64_t n = 72, k = 512;
+  for (auto [t, k] : {std::pair{DType::Q4_0, int64_t{512}}, {DType::Q4_0, int64_t{480}}, {DType::Q8_0, int64_t{512}},
+                       {DType::Q8_0, int64_t{96}}, {DType::Q4_K, int64_t{512}}, {DType::Q4_K, int64_t{768}},
+                       {DType::Q6_K, int64_t{512}}, {DType::Q6_K, int64_t{768}}}) {
+    const int64_t n = 72;  // odd block counts (480/32, 96/32, 768/256) end in an unpaired block
     auto wbuf = make_weights(t, n, k, 9);
     Tensor w;
     w.data = wbuf.data();
