@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "../test_util.h"
+#include "kernels/quant.h"
 #include "model/gguf.h"
 #include "model/kv_cache.h"
 #include "model/model.h"
@@ -249,6 +250,42 @@ TEST(GgufQuality, PerplexityOfQuantizedFilesIsOrderedByBits) {
   EXPECT_LE(ppl["q6_k"], ppl["q5_k_m"]);
   EXPECT_LE(ppl["q5_k_m"], ppl["q4_k_m"] * 1.002);
   EXPECT_LE(ppl["q4_k_m"], ppl["q4_0"]);
+}
+
+// Quantized files through the interleaved kernels: a prompt computed in one batch gives, at
+// every position, bitwise the logits of the same prompt fed one token at a time (what makes a
+// quantized model's output independent of batching and speculation, as for the bf16 panels).
+TEST(GgufQuality, QuantizedLogitsAreBatchInvariant) {
+  TmpDir tmp;
+  for (const char* type : {"q8_0", "q4_0", "q4_k_m"}) {
+    auto lm = convert_target(tmp, type);
+    ASSERT_TRUE(lm) << lm.error().message;
+    const auto& w = *lm->weights;
+    if (interleave_pays()) {
+      // q4_k_m: ffn_down is Q4_K or Q6_K (rows of 1024); the others are Q8_0 / Q4_0 throughout.
+      const Tensor& t = std::string(type) == "q4_k_m" ? w.layers[0].w_down : w.layers[0].wq;
+      EXPECT_EQ(t.layout, Layout::kInterleave16) << type << " " << dtype_name(t.dtype);
+    }
+    Model m(lm->weights);
+    ThreadPool pool(2);
+    const int V = m.config().n_vocab;
+    auto ids = test::reference()["models"]["target"]["prompts"][0]["ids"].get<std::vector<int32_t>>();
+    auto batched = forward_all(m, pool, ids);
+    const int n = static_cast<int>(ids.size());
+    KvCache kv(m.config(), (n + 15) / 16 + 1, 16);
+    std::vector<int32_t> table(kv.n_blocks());
+    for (int i = 0; i < kv.n_blocks(); ++i) table[i] = i;
+    std::vector<float> lg(V);
+    for (int i = 0; i < n; ++i) {
+      StepBatch d;
+      d.tokens = {ids[i]};
+      d.seqs.push_back({0, 1, i, table.data(), kv.n_blocks()});
+      d.logit_rows = {0};
+      ASSERT_TRUE(m.forward(pool, d, kv, lg.data()).ok());
+      ASSERT_EQ(0, std::memcmp(lg.data(), batched.data() + static_cast<size_t>(i) * V, V * sizeof(float)))
+          << type << ": position " << i << " differs between the batch and one-at-a-time";
+    }
+  }
 }
 
 // q8_0 KV cache on the HF tiny-coder: the same reference prompts, greedy through the decode path,
