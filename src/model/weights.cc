@@ -1,16 +1,33 @@
 #include "model/weights.h"
 
+#include <sys/mman.h>
+
 #include <cstdlib>
+#include <new>
 
 #include "kernels/matmul.h"
 
 namespace merlin {
 
+void ModelWeights::FreeDeleter::operator()(uint8_t* p) const { std::free(p); }
+
 uint8_t* ModelWeights::alloc(size_t nbytes) {
-  // Over-allocate to align by hand: unique_ptr<uint8_t[]> must own what new[] returned.
-  owned.emplace_back(new uint8_t[nbytes + 64]);
-  auto p = reinterpret_cast<uintptr_t>(owned.back().get());
-  return reinterpret_cast<uint8_t*>((p + 63) & ~uintptr_t{63});
+  constexpr size_t kHuge = size_t{2} << 20;
+  if (nbytes >= 2 * kHuge) {
+    // Weights are streamed once per token: with 4 KiB pages every 4 KiB of the stream is a TLB
+    // miss and loading faults in each page separately. MADV_HUGEPAGE works where THP is in
+    // "madvise" mode (Debian's default); elsewhere it is a harmless no-op.
+    const size_t rounded = (nbytes + kHuge - 1) / kHuge * kHuge;
+    void* p = std::aligned_alloc(kHuge, rounded);
+    if (!p) throw std::bad_alloc();
+    madvise(p, rounded, MADV_HUGEPAGE);
+    owned.emplace_back(static_cast<uint8_t*>(p));
+    return static_cast<uint8_t*>(p);
+  }
+  void* p = std::aligned_alloc(64, (nbytes + 63) / 64 * 64 + 64);
+  if (!p) throw std::bad_alloc();
+  owned.emplace_back(static_cast<uint8_t*>(p));
+  return static_cast<uint8_t*>(p);
 }
 
 size_t ModelWeights::weight_bytes() const {

@@ -28,9 +28,13 @@ struct ModelWeights {
   Tensor norm;                 // [n_embd]
   Tensor output;               // [n_vocab, n_embd]; == tok_embd when tied
   std::vector<std::shared_ptr<MappedFile>> files;       // keeps the mappings alive
-  std::vector<std::unique_ptr<uint8_t[]>> owned;        // buffers for converted tensors
+  struct FreeDeleter {
+    void operator()(uint8_t* p) const;
+  };
+  std::vector<std::unique_ptr<uint8_t, FreeDeleter>> owned;  // buffers for converted tensors
 
-  // Allocates a buffer owned by this struct (64-byte aligned) and returns it.
+  // Allocates a buffer owned by this struct (64-byte aligned) and returns it. Buffers of 4 MiB
+  // and more (repacked matrices) are 2 MiB-aligned and advised as transparent huge pages.
   uint8_t* alloc(size_t nbytes);
   size_t weight_bytes() const;  // bytes of all matrices read per token (for bandwidth figures)
 };
