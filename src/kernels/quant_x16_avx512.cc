@@ -147,14 +147,17 @@ void rows_q4_k(const uint8_t* grp, int64_t nsb, const XBlock* const* x, float* y
 #pragma GCC unroll 8
         for (int c = 0; c < 8; ++c) w[c] = _mm512_and_si512(ld(ch + 64 * c), m4);
       } else {
+        // High nibbles in place (16 * q); the sum is shifted back once per row (exact).
 #pragma GCC unroll 8
-        for (int c = 0; c < 8; ++c) w[c] = _mm512_and_si512(_mm512_srli_epi16(ld(ch + 64 * c), 4), m4);
+        for (int c = 0; c < 8; ++c) w[c] = _mm512_andnot_si512(m4, ld(ch + 64 * c));
       }
       const __m512 sc = scale_u8(blk + 64 + 16 * s, d), mn = scale_u8(blk + 192 + 16 * s, dmin);
 #pragma GCC unroll 4
       for (int r = 0; r < MR; ++r) {
         const XBlock& xb = x[r][sb * 8 + s];
-        const __m512 t = _mm512_mul_ps(_mm512_cvtepi32_ps(dot8(w, xb.q4)), _mm512_set1_ps(xb.d));
+        __m512i isum = dot8(w, xb.q4);
+        if (s % 2 == 1) isum = _mm512_srai_epi32(isum, 4);
+        const __m512 t = _mm512_mul_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(xb.d));
         acc.v[r] = _mm512_fnmadd_ps(mn, _mm512_set1_ps(xb.dsum), _mm512_fmadd_ps(sc, t, acc.v[r]));
       }
     }
