@@ -186,10 +186,14 @@ void matmul(ThreadPool& pool, const MatmulArgs& a) {
       for (int64_t i = 0; i < args.m; ++i)
         for (int64_t t = 0; t < k; ++t) xb[i * k + t] = f32_to_bf16(args.x[i * args.ldx + t]);
     }
-    pool.parallel_for(n_panels, 1, [&](int64_t p0, int64_t p1) {
+    auto work = [&](int64_t p0, int64_t p1) {
       if (avx512) detail::gemm_panel_avx512(args, p0, p1, xb.empty() ? nullptr : xb.data());
       else detail::gemm_panel_portable(args, p0, p1);
-    });
+    };
+    // Below ~128K multiply-adds (a draft model's 192-wide layers) waking the other threads
+    // costs more than the work: run it here. The split never changes any output's value.
+    if (args.m * n * w.cols() < (int64_t{1} << 17)) work(0, n_panels);
+    else pool.parallel_for(n_panels, 1, work);
     return;
   }
   if (w.layout == Layout::kInterleave16) {
