@@ -114,10 +114,6 @@ struct BandwidthProbe {
     std::memset(p, 1, kBytes);
     return p;
   }()};
-  struct View {
-    uint8_t* p;
-    const uint8_t* data() const { return p; }
-  } buf{mem.get()};
   double measure(ThreadPool& pool, int passes = 2) {
     double best = 0;
     for (int r = 0; r < passes; ++r) {
@@ -125,7 +121,7 @@ struct BandwidthProbe {
       double t0 = now_s();
       pool.run([&](int ith, int nth) {
         const size_t per = kBytes / nth / 64 * 64;
-        const uint8_t* p = buf.data() + per * ith;
+        const uint8_t* p = mem.get() + per * ith;
         uint64_t acc = 0;
         if (cpu_level() >= CpuLevel::kAvx2) {
           acc = sum_avx2(p, per);

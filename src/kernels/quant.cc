@@ -782,9 +782,6 @@ bool quant_quantize_row(DType t, const float* src, void* dst, int64_t n) {
 
 bool quant_matmul(const MatmulArgs& a, int64_t n0, int64_t n1) {
   const Tensor& w = *a.w;
-  // Checked here, in code built without AVX-512, before entering the AVX-512 translation unit.
-  if (cpu_level() == CpuLevel::kAvx512 && cpu_features().avx512_vnni && quant::matmul_pairs_vnni(a, n0, n1))
-    return true;
   const VecDotFn dot = vec_dot_best(w.dtype);
   if (!dot) return false;
   const int64_t k = w.cols();

@@ -74,10 +74,6 @@ VecDotFn vec_dot_avx512(DType t);
 namespace merlin { struct MatmulArgs; }
 
 namespace merlin::quant {
-// Q8_0 / Q4_0 matmul columns n0..n1 with 512-bit two-block VNNI kernels (quant_avx512.cc);
-// false when the type or row length (a multiple of 64) does not fit. Call only when
-// cpu_features().avx512_vnni.
-bool matmul_pairs_vnni(const MatmulArgs& a, int64_t n0, int64_t n1);
 // Scalar reference dot for weight type t (nullptr when t has none).
 VecDotFn vec_dot_scalar(DType t);
 // The dot for t at the current cpu_level() (SIMD when available, else scalar).
@@ -93,7 +89,7 @@ namespace merlin::quant {
 // every body starts on a 64-byte boundary and no vector load is split across cache lines.
 struct X16Geom {
   int64_t head = 0, body = 0;
-  static X16Geom of(DType t) {
+  static constexpr X16Geom of(DType t) {
     switch (t) {
       case DType::Q4_0: return {32, 4 * 64};                   // d | 4 quant chunks
       case DType::Q8_0: return {32, 8 * 64};                   // d | 8 quant chunks
@@ -102,14 +98,24 @@ struct X16Geom {
       default: return {};
     }
   }
-  bool paired() const { return head == 32; }
-  int64_t offset(int64_t b) const {  // start of block b's pair (paired) or block
+  constexpr bool paired() const { return head == 32; }
+  constexpr int64_t offset(int64_t b) const {  // start of block b's pair (paired) or block
     return paired() ? (b / 2) * (64 + 2 * body) : b * (head + body);
   }
-  int64_t head_at(int64_t b) const { return offset(b) + (paired() ? 32 * (b % 2) : 0); }
-  int64_t body_at(int64_t b) const { return paired() ? offset(b) + 64 + (b % 2) * body : offset(b) + head; }
-  int64_t group_bytes(int64_t nb) const {
+  constexpr int64_t head_at(int64_t b) const { return offset(b) + (paired() ? 32 * (b % 2) : 0); }
+  constexpr int64_t body_at(int64_t b) const { return paired() ? offset(b) + 64 + (b % 2) * body : offset(b) + head; }
+  constexpr int64_t group_bytes(int64_t nb) const {
     return paired() ? (nb / 2) * (64 + 2 * body) + (nb % 2) * (64 + body) : nb * (head + body);
   }
 };
+
+// Q6_K body after its 256 scale bytes: per 128-weight half, 24 chunks in the order the kernel
+// first touches them, so the stream is sequential for the hardware prefetcher (with ql and qh
+// as two separate regions a DRAM-bound gemv ran at a third of the speed):
+// ql(0) qh(0) ql(1) qh(1) ... ql(7) qh(7) ql(8) ... ql(15). c counts 4-byte columns of the block.
+constexpr int q6k_ql_chunk(int c) {
+  const int n = c / 16, cc = c % 16;
+  return 24 * n + (cc < 8 ? 2 * cc : 16 + (cc - 8));
+}
+constexpr int q6k_qh_chunk(int c) { return 24 * (c / 8) + 2 * (c % 8) + 1; }
 }  // namespace merlin::quant

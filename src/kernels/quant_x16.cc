@@ -20,16 +20,6 @@ constexpr int kRows = 16;
 void put4(uint8_t* body, int64_t off, int chunk, int l, const uint8_t* src) { std::memcpy(body + off + 64 * chunk + 4 * l, src, 4); }
 void get4(const uint8_t* body, int64_t off, int chunk, int l, uint8_t* dst) { std::memcpy(dst, body + off + 64 * chunk + 4 * l, 4); }
 
-// Q6_K body after the 256 scale bytes: per 128-weight half, 24 chunks in the order the kernel
-// first touches them, so the stream is sequential for the hardware prefetcher (measured: with
-// ql and qh as two separate regions, a DRAM-bound gemv ran at a third of the speed):
-// ql(0) qh(0) ql(1) qh(1) ... ql(7) qh(7) ql(8) ... ql(15).
-int q6k_ql_chunk(int c) {
-  const int n = c / 16, cc = c % 16;
-  return 24 * n + (cc < 8 ? 2 * cc : 16 + (cc - 8));
-}
-int q6k_qh_chunk(int c) { return 24 * (c / 8) + 2 * (c % 8) + 1; }
-
 // Row l's block `blk` (file layout) into the group's block position (head, body).
 void put_block(DType t, const uint8_t* blk, int l, uint8_t* head, uint8_t* body) {
   switch (t) {
@@ -61,8 +51,8 @@ void put_block(DType t, const uint8_t* blk, int l, uint8_t* head, uint8_t* body)
       const auto& b = *reinterpret_cast<const quant::BlockQ6_K*>(blk);
       std::memcpy(head + 2 * l, &b.d, 2);
       for (int g = 0; g < 16; ++g) body[16 * g + l] = static_cast<uint8_t>(b.scales[g]);
-      for (int c = 0; c < 32; ++c) put4(body, 256, q6k_ql_chunk(c), l, b.ql + 4 * c);
-      for (int c = 0; c < 16; ++c) put4(body, 256, q6k_qh_chunk(c), l, b.qh + 4 * c);
+      for (int c = 0; c < 32; ++c) put4(body, 256, quant::q6k_ql_chunk(c), l, b.ql + 4 * c);
+      for (int c = 0; c < 16; ++c) put4(body, 256, quant::q6k_qh_chunk(c), l, b.qh + 4 * c);
       break;
     }
     default: break;
@@ -103,8 +93,8 @@ void get_block(DType t, const uint8_t* head, const uint8_t* body, int l, uint8_t
       auto& b = *reinterpret_cast<quant::BlockQ6_K*>(blk);
       std::memcpy(&b.d, head + 2 * l, 2);
       for (int g = 0; g < 16; ++g) b.scales[g] = static_cast<int8_t>(body[16 * g + l]);
-      for (int c = 0; c < 32; ++c) get4(body, 256, q6k_ql_chunk(c), l, b.ql + 4 * c);
-      for (int c = 0; c < 16; ++c) get4(body, 256, q6k_qh_chunk(c), l, b.qh + 4 * c);
+      for (int c = 0; c < 32; ++c) get4(body, 256, quant::q6k_ql_chunk(c), l, b.ql + 4 * c);
+      for (int c = 0; c < 16; ++c) get4(body, 256, quant::q6k_qh_chunk(c), l, b.qh + 4 * c);
       break;
     }
     default: break;

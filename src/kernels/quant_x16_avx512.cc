@@ -46,17 +46,24 @@ void quantize_activations(const float* x, int64_t nb, XBlock* out) {
 inline __m512i bc(int32_t v) { return _mm512_set1_epi32(v); }
 inline __m512i ld(const uint8_t* p) { return _mm512_loadu_si512(p); }
 
-// Sum over 8 chunks (32 weights): two independent chains.
+// Sums over chunks 0-3 and 4-7 kept apart (Q4_0's low / high nibbles, Q6_K's two 16-weight
+// scale groups); dot8 is their sum.
+inline void dot4x2(const __m512i (&w)[8], const int32_t* q, __m512i& a, __m512i& b) {
+  a = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[0], bc(q[0]));
+  b = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[4], bc(q[4]));
+  a = _mm512_dpbusd_epi32(a, w[1], bc(q[1]));
+  b = _mm512_dpbusd_epi32(b, w[5], bc(q[5]));
+  a = _mm512_dpbusd_epi32(a, w[2], bc(q[2]));
+  b = _mm512_dpbusd_epi32(b, w[6], bc(q[6]));
+  a = _mm512_dpbusd_epi32(a, w[3], bc(q[3]));
+  b = _mm512_dpbusd_epi32(b, w[7], bc(q[7]));
+}
+
+// Sum over all 8 chunks (32 weights); integer sums are exact in any order.
 inline __m512i dot8(const __m512i (&w)[8], const int32_t* q) {
-  __m512i s0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[0], bc(q[0]));
-  __m512i s1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[1], bc(q[1]));
-  s0 = _mm512_dpbusd_epi32(s0, w[2], bc(q[2]));
-  s1 = _mm512_dpbusd_epi32(s1, w[3], bc(q[3]));
-  s0 = _mm512_dpbusd_epi32(s0, w[4], bc(q[4]));
-  s1 = _mm512_dpbusd_epi32(s1, w[5], bc(q[5]));
-  s0 = _mm512_dpbusd_epi32(s0, w[6], bc(q[6]));
-  s1 = _mm512_dpbusd_epi32(s1, w[7], bc(q[7]));
-  return _mm512_add_epi32(s0, s1);
+  __m512i a, b;
+  dot4x2(w, q, a, b);
+  return _mm512_add_epi32(a, b);
 }
 
 // 16-byte row vector of u8 / i8 scales -> f32 lanes times the fp16 super-block scale.
@@ -83,14 +90,13 @@ struct Acc {
 // Q4_0 (offset 8) and Q8_0 (+128): one 32-weight block per step.
 template <int MR, bool kQ4>
 void rows_q4_0_q8_0(const uint8_t* grp, int64_t nb, const XBlock* const* x, float* y, int64_t ldy, int cols) {
-  constexpr int64_t kBody = kQ4 ? 4 * 64 : 8 * 64;  // X16Geom: paired 32-byte heads
+  constexpr X16Geom kGeom = X16Geom::of(kQ4 ? DType::Q4_0 : DType::Q8_0);
   constexpr float kOffset = kQ4 ? 8.0f : 128.0f;
   Acc<MR> acc;
   const __m512i m4 = _mm512_set1_epi8(0x0F);
   for (int64_t b = 0; b < nb; ++b) {
-    const uint8_t* pair = grp + (b / 2) * (64 + 2 * kBody);
-    const uint8_t* body = pair + 64 + (b % 2) * kBody;
-    const __m512 sw = f16x16(pair + 32 * (b % 2));
+    const uint8_t* body = grp + kGeom.body_at(b);
+    const __m512 sw = f16x16(grp + kGeom.head_at(b));
     __m512i w[8];
     if constexpr (kQ4) {
       // High nibbles stay in place (16 * q): their partial sum is shifted down once per row
@@ -110,14 +116,8 @@ void rows_q4_0_q8_0(const uint8_t* grp, int64_t nb, const XBlock* const* x, floa
       const XBlock& xb = x[r][b];
       __m512i isum;
       if constexpr (kQ4) {
-        __m512i lo = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[0], bc(xb.q4[0]));
-        __m512i hi = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[4], bc(xb.q4[4]));
-        lo = _mm512_dpbusd_epi32(lo, w[1], bc(xb.q4[1]));
-        hi = _mm512_dpbusd_epi32(hi, w[5], bc(xb.q4[5]));
-        lo = _mm512_dpbusd_epi32(lo, w[2], bc(xb.q4[2]));
-        hi = _mm512_dpbusd_epi32(hi, w[6], bc(xb.q4[6]));
-        lo = _mm512_dpbusd_epi32(lo, w[3], bc(xb.q4[3]));
-        hi = _mm512_dpbusd_epi32(hi, w[7], bc(xb.q4[7]));
+        __m512i lo, hi;
+        dot4x2(w, xb.q4, lo, hi);
         isum = _mm512_add_epi32(lo, _mm512_srai_epi32(hi, 4));
       } else {
         isum = dot8(w, xb.q4);
@@ -133,13 +133,14 @@ void rows_q4_0_q8_0(const uint8_t* grp, int64_t nb, const XBlock* const* x, floa
 // sub-blocks 2j (low) and 2j+1 (high) of 64-weight chunk j.
 template <int MR>
 void rows_q4_k(const uint8_t* grp, int64_t nsb, const XBlock* const* x, float* y, int64_t ldy, int cols) {
-  constexpr int64_t kBytes = 64 + 128 + 128 + 32 * 64;  // X16Geom: unpaired 64-byte head
+  constexpr X16Geom kGeom = X16Geom::of(DType::Q4_K);
   Acc<MR> acc;
   const __m512i m4 = _mm512_set1_epi8(0x0F);
   for (int64_t sb = 0; sb < nsb; ++sb) {
-    const uint8_t* blk = grp + sb * kBytes;
-    const __m512 d = f16x16(blk), dmin = f16x16(blk + 32);
-    const uint8_t* qs = blk + 320;
+    const uint8_t* head = grp + kGeom.head_at(sb);  // d, dmin
+    const uint8_t* blk = grp + kGeom.body_at(sb);   // scales, mins, quants
+    const __m512 d = f16x16(head), dmin = f16x16(head + 32);
+    const uint8_t* qs = blk + 256;
     for (int s = 0; s < 8; ++s) {
       const uint8_t* ch = qs + 64 * 8 * (s / 2);
       __m512i w[8];
@@ -151,7 +152,7 @@ void rows_q4_k(const uint8_t* grp, int64_t nsb, const XBlock* const* x, float* y
 #pragma GCC unroll 8
         for (int c = 0; c < 8; ++c) w[c] = _mm512_andnot_si512(m4, ld(ch + 64 * c));
       }
-      const __m512 sc = scale_u8(blk + 64 + 16 * s, d), mn = scale_u8(blk + 192 + 16 * s, dmin);
+      const __m512 sc = scale_u8(blk + 16 * s, d), mn = scale_u8(blk + 128 + 16 * s, dmin);
 #pragma GCC unroll 4
       for (int r = 0; r < MR; ++r) {
         const XBlock& xb = x[r][sb * 8 + s];
@@ -170,22 +171,26 @@ void rows_q4_k(const uint8_t* grp, int64_t nsb, const XBlock* const* x, float* y
 // l+96, and qh byte l the high bits of l, l+32, l+64, l+96 (bit pairs 0, 2, 4, 6).
 template <int MR>
 void rows_q6_k(const uint8_t* grp, int64_t nsb, const XBlock* const* x, float* y, int64_t ldy, int cols) {
-  constexpr int64_t kBody = 256 + 32 * 64 + 16 * 64;  // X16Geom: paired 32-byte heads
+  constexpr X16Geom kGeom = X16Geom::of(DType::Q6_K);
   Acc<MR> acc;
   const __m512i m4 = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
   for (int64_t sb = 0; sb < nsb; ++sb) {
-    const uint8_t* pair = grp + (sb / 2) * (64 + 2 * kBody);
-    const uint8_t* blk = pair + 64 + (sb % 2) * kBody;  // scales, then ql, then qh
-    const __m512 d = f16x16(pair + 32 * (sb % 2));
+    const uint8_t* blk = grp + kGeom.body_at(sb);  // scales, then the ql/qh chunks
+    const __m512 d = f16x16(grp + kGeom.head_at(sb));
     for (int n = 0; n < 2; ++n) {
-      // ql(c) at chunk 2c, qh(c) at 2c + 1, ql(8 + c) at 16 + c (quant_x16.cc, q6k_*_chunk).
-      const uint8_t* half = blk + 256 + 64 * 24 * n;
+      const uint8_t* q = blk + 256;
       for (int t = 0; t < 4; ++t) {  // weights 32t..32t+31 of this half
+        // Chunks of columns lc..lc+7 (ql) and hc..hc+7 (qh) are evenly spaced in the layout.
+        const int lc = 16 * n + (t % 2) * 8, hc = 8 * n;
+        const uint8_t* lp = q + 64 * q6k_ql_chunk(lc);
+        const uint8_t* hp = q + 64 * q6k_qh_chunk(hc);
+        const int64_t lstep = 64 * (q6k_ql_chunk(lc + 1) - q6k_ql_chunk(lc));
+        const int64_t hstep = 64 * (q6k_qh_chunk(hc + 1) - q6k_qh_chunk(hc));
         __m512i w[8];
 #pragma GCC unroll 8
         for (int c = 0; c < 8; ++c) {
-          const __m512i l = ld(half + 64 * (t % 2 == 0 ? 2 * c : 16 + c));
-          const __m512i h = ld(half + 64 * (2 * c + 1));
+          const __m512i l = ld(lp + lstep * c);
+          const __m512i h = ld(hp + hstep * c);
           const __m512i lo = t < 2 ? _mm512_and_si512(l, m4) : _mm512_and_si512(_mm512_srli_epi16(l, 4), m4);
           __m512i hi;
           switch (t) {
@@ -201,14 +206,8 @@ void rows_q6_k(const uint8_t* grp, int64_t nsb, const XBlock* const* x, float* y
 #pragma GCC unroll 4
         for (int r = 0; r < MR; ++r) {
           const XBlock& xb = x[r][sb * 8 + 4 * n + t];
-          __m512i s0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[0], bc(xb.q4[0]));
-          __m512i s1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[4], bc(xb.q4[4]));
-          s0 = _mm512_dpbusd_epi32(s0, w[1], bc(xb.q4[1]));
-          s1 = _mm512_dpbusd_epi32(s1, w[5], bc(xb.q4[5]));
-          s0 = _mm512_dpbusd_epi32(s0, w[2], bc(xb.q4[2]));
-          s1 = _mm512_dpbusd_epi32(s1, w[6], bc(xb.q4[6]));
-          s0 = _mm512_dpbusd_epi32(s0, w[3], bc(xb.q4[3]));
-          s1 = _mm512_dpbusd_epi32(s1, w[7], bc(xb.q4[7]));
+          __m512i s0, s1;
+          dot4x2(w, xb.q4, s0, s1);
           const __m512 vd = _mm512_set1_ps(xb.d);
           const __m512 t0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s0), vd, _mm512_set1_ps(-32.0f * xb.dsum_lo));
           const __m512 t1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s1), vd, _mm512_set1_ps(-32.0f * xb.dsum_hi));
@@ -241,8 +240,10 @@ void matmul_x16_vnni(ThreadPool& pool, const MatmulArgs& a) {
   const int64_t nx = k / 32;                          // activation blocks per row
   const int64_t group_bytes = X16Geom::of(t).group_bytes(nb);
   // The activations are quantized once per call and shared by the threads.
-  std::vector<XBlock> xq(static_cast<size_t>(a.m * nx));
-  for (int64_t i = 0; i < a.m; ++i) quantize_activations(a.x + i * a.ldx, nx, xq.data() + i * nx);
+  thread_local std::vector<XBlock> xbuf;  // the calling thread's; the workers read it via xq
+  xbuf.resize(static_cast<size_t>(a.m * nx));
+  XBlock* const xq = xbuf.data();
+  for (int64_t i = 0; i < a.m; ++i) quantize_activations(a.x + i * a.ldx, nx, xq + i * nx);
   pool.parallel_for(n_groups, 1, [&](int64_t g0, int64_t g1) {
     for (int64_t g = g0; g < g1; ++g) {
       const uint8_t* grp = static_cast<const uint8_t*>(w.data) + g * group_bytes;
@@ -250,7 +251,7 @@ void matmul_x16_vnni(ThreadPool& pool, const MatmulArgs& a) {
       for (int64_t i = 0; i < a.m; i += 4) {
         const XBlock* x[4];
         const int mr = static_cast<int>(std::min<int64_t>(4, a.m - i));
-        for (int r = 0; r < mr; ++r) x[r] = xq.data() + (i + r) * nx;
+        for (int r = 0; r < mr; ++r) x[r] = xq + (i + r) * nx;
         float* y = a.y + i * a.ldy + g * 16;
         switch (mr) {
           case 4: rows<4>(t, grp, nb, x, y, a.ldy, cols); break;

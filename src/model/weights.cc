@@ -24,7 +24,7 @@ uint8_t* ModelWeights::alloc(size_t nbytes) {
     owned.emplace_back(static_cast<uint8_t*>(p));
     return static_cast<uint8_t*>(p);
   }
-  void* p = std::aligned_alloc(64, (nbytes + 63) / 64 * 64 + 64);
+  void* p = std::aligned_alloc(64, (nbytes + 63) / 64 * 64);
   if (!p) throw std::bad_alloc();
   owned.emplace_back(static_cast<uint8_t*>(p));
   return static_cast<uint8_t*>(p);
