@@ -12,7 +12,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "../test_util.h"
+#include "model_test_util.h"
 #include "kernels/quant.h"
 #include "model/gguf.h"
 #include "model/kv_cache.h"
@@ -23,66 +23,11 @@ namespace {
 
 namespace fs = std::filesystem;
 
-struct TmpDir {
-  fs::path p;
-  TmpDir() {
-    p = fs::temp_directory_path() / fmt::format("merlin-gguf-quality-{}-{}", getpid(), std::random_device{}());
-    fs::create_directories(p);
-  }
-  ~TmpDir() {
-    std::error_code ec;
-    fs::remove_all(p, ec);
-  }
-  std::string operator/(const std::string& f) const { return (p / f).string(); }
-};
-
-std::string run_merlin(const std::string& args, int* rc) {
-  return test::run_cmd(std::string(MERLIN_BINARY) + " " + args + " 2>/dev/null", rc);
-}
-
-int argmax(const float* v, int n) { return static_cast<int>(std::max_element(v, v + n) - v); }
-
-// Every position's logits of one prompt in one batch, [n, vocab].
-std::vector<float> forward_all(Model& m, ThreadPool& pool, const std::vector<int32_t>& ids, DType kv_type = DType::F32) {
-  const int n = static_cast<int>(ids.size()), bs = 16;
-  KvCache kv(m.config(), (n + bs - 1) / bs + 1, bs, kv_type);
-  std::vector<int32_t> table(kv.n_blocks());
-  for (int i = 0; i < kv.n_blocks(); ++i) table[i] = i;
-  StepBatch b;
-  b.tokens = ids;
-  b.seqs.push_back({0, n, 0, table.data(), kv.n_blocks()});
-  for (int i = 0; i < n; ++i) b.logit_rows.push_back(i);
-  std::vector<float> logits(static_cast<size_t>(n) * m.config().n_vocab);
-  EXPECT_TRUE(m.forward(pool, b, kv, logits.data()).ok());
-  return logits;
-}
-
-// Greedy continuation, one token per forward through the cache (the decode path).
-std::vector<int32_t> greedy(Model& m, ThreadPool& pool, const std::vector<int32_t>& ids, int steps,
-                            DType kv_type = DType::F32, std::vector<float>* step_logits = nullptr) {
-  const int n = static_cast<int>(ids.size()), bs = 16, V = m.config().n_vocab;
-  KvCache kv(m.config(), (n + steps + bs - 1) / bs + 1, bs, kv_type);
-  std::vector<int32_t> table(kv.n_blocks());
-  for (int i = 0; i < kv.n_blocks(); ++i) table[i] = i;
-  StepBatch b;
-  b.tokens = ids;
-  b.seqs.push_back({0, n, 0, table.data(), kv.n_blocks()});
-  b.logit_rows = {n - 1};
-  std::vector<float> lg(V);
-  EXPECT_TRUE(m.forward(pool, b, kv, lg.data()).ok());
-  std::vector<int32_t> out;
-  for (int s = 0; s < steps; ++s) {
-    const int tok = argmax(lg.data(), V);
-    out.push_back(tok);
-    if (step_logits) step_logits->insert(step_logits->end(), lg.begin(), lg.end());
-    StepBatch d;
-    d.tokens = {tok};
-    d.seqs.push_back({0, 1, n + s, table.data(), kv.n_blocks()});
-    d.logit_rows = {0};
-    EXPECT_TRUE(m.forward(pool, d, kv, lg.data()).ok());
-  }
-  return out;
-}
+using test::argmax;
+using test::forward_all;
+using test::greedy;
+using test::run_merlin;
+using test::TmpDir;
 
 struct RefStats {
   int argmax_agree = 0, argmax_total = 0;
@@ -272,16 +217,9 @@ TEST(GgufQuality, QuantizedLogitsAreBatchInvariant) {
     auto ids = test::reference()["models"]["target"]["prompts"][0]["ids"].get<std::vector<int32_t>>();
     auto batched = forward_all(m, pool, ids);
     const int n = static_cast<int>(ids.size());
-    KvCache kv(m.config(), (n + 15) / 16 + 1, 16);
-    std::vector<int32_t> table(kv.n_blocks());
-    for (int i = 0; i < kv.n_blocks(); ++i) table[i] = i;
-    std::vector<float> lg(V);
+    test::OneSeqCache c(m.config(), n);
     for (int i = 0; i < n; ++i) {
-      StepBatch d;
-      d.tokens = {ids[i]};
-      d.seqs.push_back({0, 1, i, table.data(), kv.n_blocks()});
-      d.logit_rows = {0};
-      ASSERT_TRUE(m.forward(pool, d, kv, lg.data()).ok());
+      auto lg = c.feed(m, pool, {ids[i]}, i, false);
       ASSERT_EQ(0, std::memcmp(lg.data(), batched.data() + static_cast<size_t>(i) * V, V * sizeof(float)))
           << type << ": position " << i << " differs between the batch and one-at-a-time";
     }

@@ -10,7 +10,7 @@
 #include "model/kv_cache.h"
 #include "model/gguf.h"
 #include "model/model.h"
-#include "../test_util.h"
+#include "model_test_util.h"
 
 namespace merlin {
 namespace {
@@ -23,22 +23,11 @@ std::string shared_gguf() { return "/work/shared/models/gguf"; }
   if (!fs::exists(shared_gguf() + "/tiny-coder-target-bf16.gguf"))                             \
   GTEST_SKIP() << shared_gguf() << " is absent: the llama.cpp-written GGUF files are not here"
 
-struct TmpDir {
-  fs::path p;
-  TmpDir() {
-    p = fs::temp_directory_path() / fmt::format("merlin-gguf-test-{}-{}", getpid(), std::random_device{}());
-    fs::create_directories(p);
-  }
-  ~TmpDir() {
-    std::error_code ec;
-    fs::remove_all(p, ec);
-  }
-  std::string operator/(const std::string& f) const { return (p / f).string(); }
-};
+using test::TmpDir;
 
 int run_merlin(const std::string& args) {
   int rc = -1;
-  test::run_cmd(std::string(MERLIN_BINARY) + " " + args + " 2>/dev/null", &rc);
+  test::run_merlin(args, &rc);
   return rc;
 }
 

@@ -6,7 +6,7 @@
 #include <filesystem>
 #include <fstream>
 
-#include "../test_util.h"
+#include "model_test_util.h"
 #include "model/model.h"
 
 namespace merlin {
@@ -53,18 +53,8 @@ std::vector<float> last_logits(const std::string& dir, const std::vector<int32_t
   EXPECT_TRUE(w.has_value()) << (w ? "" : w.error().message);
   if (!w) return {};
   Model m(*w);
-  const int n = static_cast<int>(ids.size()), bs = 16;
-  KvCache kv(m.config(), (n + bs - 1) / bs, bs);
-  std::vector<int32_t> table(kv.n_blocks());
-  for (int i = 0; i < kv.n_blocks(); ++i) table[i] = i;
-  StepBatch b;
-  b.tokens = ids;
-  b.seqs.push_back({0, n, 0, table.data(), kv.n_blocks()});
-  b.logit_rows = {n - 1};
-  std::vector<float> lg(m.config().n_vocab);
   ThreadPool pool(2);
-  EXPECT_TRUE(m.forward(pool, b, kv, lg.data()).ok());
-  return lg;
+  return test::OneSeqCache(m.config(), static_cast<int>(ids.size())).feed(m, pool, ids, 0, false);
 }
 
 TEST(Qwen2, ZeroBiasesMatchLlamaAndBiasesMatter) {

@@ -5,7 +5,7 @@
 #include <cmath>
 #include <cstring>
 
-#include "../test_util.h"
+#include "model_test_util.h"
 #include "model/model.h"
 
 namespace merlin {
@@ -28,27 +28,7 @@ Fixture& get(const std::string& which) {
   return f;
 }
 
-// All logits of a prompt processed in one batch; returns [n, vocab].
-std::vector<float> all_logits(Model& m, ThreadPool& pool, const std::vector<int32_t>& ids, Precision p) {
-  const int n = static_cast<int>(ids.size());
-  const int bs = 16;
-  KvCache kv(m.config(), (n + bs - 1) / bs + 1, bs);
-  std::vector<int32_t> table(kv.n_blocks());
-  for (int i = 0; i < kv.n_blocks(); ++i) table[i] = i;
-  StepBatch b;
-  b.tokens = ids;
-  b.seqs.push_back({0, n, 0, table.data(), kv.n_blocks()});
-  for (int i = 0; i < n; ++i) b.logit_rows.push_back(i);
-  std::vector<float> logits(static_cast<size_t>(n) * m.config().n_vocab);
-  ForwardOptions opt;
-  opt.precision = p;
-  EXPECT_TRUE(m.forward(pool, b, kv, logits.data(), opt).ok());
-  return logits;
-}
-
-int argmax(const float* v, int n) {
-  return static_cast<int>(std::max_element(v, v + n) - v);
-}
+using test::argmax;
 
 class ReferenceTest : public ::testing::TestWithParam<std::string> {};
 
@@ -61,7 +41,7 @@ TEST_P(ReferenceTest, LogitsArgmaxAndGreedyMatchTransformers) {
   ASSERT_GE(prompts.size(), 5u);
   for (const auto& pr : prompts) {
     auto ids = pr["ids"].get<std::vector<int32_t>>();
-    auto logits = all_logits(*f.model, pool, ids, Precision::kF32);
+    auto logits = test::forward_all(*f.model, pool, ids);
     const int n = static_cast<int>(ids.size());
     auto argmaxes = pr["argmax_per_position"].get<std::vector<int>>();
     ASSERT_EQ(argmaxes.size(), ids.size());
@@ -78,28 +58,7 @@ TEST_P(ReferenceTest, LogitsArgmaxAndGreedyMatchTransformers) {
 
     // Greedy continuation: one token at a time through the KV cache (decode path).
     auto want = pr["greedy_48"].get<std::vector<int32_t>>();
-    const int bs = 16;
-    KvCache kv(f.model->config(), (n + 48 + bs - 1) / bs + 1, bs);
-    std::vector<int32_t> table(kv.n_blocks());
-    for (int i = 0; i < kv.n_blocks(); ++i) table[i] = i;
-    StepBatch b;
-    b.tokens = ids;
-    b.seqs.push_back({0, n, 0, table.data(), kv.n_blocks()});
-    b.logit_rows = {n - 1};
-    std::vector<float> lg(V);
-    ASSERT_TRUE(f.model->forward(pool, b, kv, lg.data()).ok());
-    std::vector<int32_t> got;
-    int past = n;
-    for (int step = 0; step < 48; ++step) {
-      int tok = argmax(lg.data(), V);
-      got.push_back(tok);
-      StepBatch d;
-      d.tokens = {tok};
-      d.seqs.push_back({0, 1, past, table.data(), kv.n_blocks()});
-      d.logit_rows = {0};
-      ASSERT_TRUE(f.model->forward(pool, d, kv, lg.data()).ok());
-      ++past;
-    }
+    auto got = test::greedy(*f.model, pool, ids, 48);
     EXPECT_EQ(got, want) << pr["text"];
   }
 }
