@@ -25,6 +25,11 @@ struct KvRows {
   const void* base;
   int64_t row_stride;  // bytes per slot
   int64_t head_off;    // bytes to this kv head
+  // The keys (base = a.k) or values (a.v) of kv head kvh, head_dim d.
+  static KvRows of(const AttentionArgs& a, const void* base, int32_t kvh, int32_t d) {
+    return {base, static_cast<int64_t>(row_bytes(a.kv_type, static_cast<int64_t>(a.n_head_kv) * d)),
+            static_cast<int64_t>(row_bytes(a.kv_type, static_cast<int64_t>(kvh) * d))};
+  }
   const float* f32(int64_t slot) const {
     return reinterpret_cast<const float*>(static_cast<const uint8_t*>(base) + slot * row_stride + head_off);
   }
@@ -41,13 +46,7 @@ template <bool kQ8>
 void attention_impl(const AttentionArgs& a, int64_t t, int32_t kvh, float* scores) {
   const int32_t d = a.head_dim, group = a.n_head / a.n_head_kv, nv = d / 16;
   const int64_t n_keys = a.n_past + t + 1;
-  const int64_t row = static_cast<int64_t>(a.n_head_kv) * d;
-  const int64_t stride = static_cast<int64_t>(row_bytes(a.kv_type, row));
-  const int64_t head_off = static_cast<int64_t>(row_bytes(a.kv_type, static_cast<int64_t>(kvh) * d));
-  const KvRows<kQ8> K{a.k, stride, head_off}, V{a.v, stride, head_off};
-  auto slot_of = [&](int64_t j) {
-    return static_cast<int64_t>(a.block_table[j / a.block_size]) * a.block_size + j % a.block_size;
-  };
+  const auto K = KvRows<kQ8>::of(a, a.k, kvh, d), V = KvRows<kQ8>::of(a, a.v, kvh, d);
   constexpr int kMaxGroup = 16, kMaxVec = 16;  // head_dim <= 256
   static_assert(kMaxVec * 16 == 256);  // the caller checks group <= 16, head_dim <= 256
   float* sc[kMaxGroup];
@@ -59,7 +58,7 @@ void attention_impl(const AttentionArgs& a, int64_t t, int32_t kvh, float* score
   const float* qh = a.q + (t * a.n_head + kvh * group) * d;
   __m512 kv[kMaxVec];
   for (int64_t j = 0; j < n_keys; ++j) {
-    const int64_t slot = slot_of(j);
+    const int64_t slot = kv_slot(a, j);
     for (int i = 0; i < nv; ++i) kv[i] = K.load(slot, 16 * i);
     for (int g = 0; g < group; ++g) {
       const float* q = qh + g * d;
@@ -86,7 +85,7 @@ void attention_impl(const AttentionArgs& a, int64_t t, int32_t kvh, float* score
     for (int g = 0; g < group; ++g)
       for (int i = 0; i < nvs; ++i) o[g][i] = _mm512_setzero_ps();
     for (int64_t j = 0; j < n_keys; ++j) {
-      const int64_t slot = slot_of(j);
+      const int64_t slot = kv_slot(a, j);
       __m512 vv[4];
       for (int i = 0; i < nvs; ++i) vv[i] = V.load(slot, 16 * (i0 + i));
       for (int g = 0; g < group; ++g) {
@@ -159,13 +158,7 @@ template <bool kQ8, int G, int NV>
 void attention_fixed(const AttentionArgs& a, int64_t t, int32_t kvh, float* scores) {
   const int32_t d = NV * 16;
   const int64_t n_keys = a.n_past + t + 1;
-  const int64_t row = static_cast<int64_t>(a.n_head_kv) * d;
-  const int64_t stride = static_cast<int64_t>(row_bytes(a.kv_type, row));
-  const int64_t head_off = static_cast<int64_t>(row_bytes(a.kv_type, static_cast<int64_t>(kvh) * d));
-  const KvRows<kQ8> K{a.k, stride, head_off}, V{a.v, stride, head_off};
-  auto slot_of = [&](int64_t j) {
-    return static_cast<int64_t>(a.block_table[j / a.block_size]) * a.block_size + j % a.block_size;
-  };
+  const auto K = KvRows<kQ8>::of(a, a.k, kvh, d), V = KvRows<kQ8>::of(a, a.v, kvh, d);
   const int64_t n_pad = (n_keys + 15) / 16 * 16;
   const bool contiguous16 = a.block_size % 16 == 0;
   float* sc[G];
@@ -183,10 +176,10 @@ void attention_fixed(const AttentionArgs& a, int64_t t, int32_t kvh, float* scor
     int64_t slots[16];
     if (contiguous16) {
       // 16 keys from a 16-aligned start lie in one block: one division per 16 keys.
-      const int64_t base = slot_of(j0);
+      const int64_t base = kv_slot(a, j0);
       for (int k = 0; k < 16; ++k) slots[k] = base + k;
     } else {
-      for (int k = 0; k < nk; ++k) slots[k] = slot_of(j0 + k);
+      for (int k = 0; k < nk; ++k) slots[k] = kv_slot(a, j0 + k);
     }
 #pragma GCC unroll 16
     for (int g = 0; g < G; ++g) {
@@ -228,7 +221,7 @@ void attention_fixed(const AttentionArgs& a, int64_t t, int32_t kvh, float* scor
     for (int i = 0; i < NV; ++i) o[g][i] = _mm512_setzero_ps();
   int64_t slot = 0;
   for (int64_t j = 0; j < n_keys; ++j) {
-    slot = (j % 16 == 0 || !contiguous16) ? slot_of(j) : slot + 1;
+    slot = (j % 16 == 0 || !contiguous16) ? kv_slot(a, j) : slot + 1;
     __m512 vv[NV];
 #pragma GCC unroll 16
     for (int i = 0; i < NV; ++i) vv[i] = V.load(slot, 16 * i);

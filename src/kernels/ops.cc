@@ -52,7 +52,7 @@ void add_inplace(float* y, const float* x, int64_t n) {
 
 namespace detail {
 const float* kv_row(const AttentionArgs& a, const void* base, int64_t j, int32_t kvh, float* buf) {
-  const int64_t slot = static_cast<int64_t>(a.block_table[j / a.block_size]) * a.block_size + j % a.block_size;
+  const int64_t slot = kv_slot(a, j);
   const int64_t row = static_cast<int64_t>(a.n_head_kv) * a.head_dim;
   if (a.kv_type == DType::F32) return static_cast<const float*>(base) + slot * row + kvh * a.head_dim;
   const auto* p = static_cast<const uint8_t*>(base) + slot * row_bytes(a.kv_type, row) +

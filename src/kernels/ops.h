@@ -42,6 +42,10 @@ namespace detail {
 // Keys/values of token slot j (position j of the sequence) for kv head kvh, as f32: a pointer
 // into the cache for F32, else dequantized into buf (head_dim floats).
 const float* kv_row(const AttentionArgs& a, const void* base, int64_t j, int32_t kvh, float* buf);
+// Cache slot of the sequence's token j (its block from the block table).
+inline int64_t kv_slot(const AttentionArgs& a, int64_t j) {
+  return static_cast<int64_t>(a.block_table[j / a.block_size]) * a.block_size + j % a.block_size;
+}
 int64_t argmax_avx2(const float* x, int64_t n);
 void attention_avx512(const AttentionArgs& a, int64_t t, int32_t kvh, float* scores);
 }
