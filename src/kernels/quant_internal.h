@@ -109,13 +109,13 @@ struct X16Geom {
   }
 };
 
-// Q6_K body after its 256 scale bytes: per 128-weight half, 24 chunks in the order the kernel
-// first touches them, so the stream is sequential for the hardware prefetcher (with ql and qh
-// as two separate regions a DRAM-bound gemv ran at a third of the speed):
-// ql(0) qh(0) ql(1) qh(1) ... ql(7) qh(7) ql(8) ... ql(15). c counts 4-byte columns of the block.
+// Q6_K body after its 256 scale bytes: per 128-weight half, 24 chunks in the order the
+// gemv streams them, column j = 0..7 of the half: ql(j) qh(j) ql(8 + j). One pass reads every
+// line once, front to back; with ql and qh as two separate regions a DRAM-bound gemv ran at a
+// third of its speed. c counts 4-byte columns of the block (ql: 32, qh: 16).
 constexpr int q6k_ql_chunk(int c) {
   const int n = c / 16, cc = c % 16;
-  return 24 * n + (cc < 8 ? 2 * cc : 16 + (cc - 8));
+  return 24 * n + (cc < 8 ? 3 * cc : 3 * (cc - 8) + 2);
 }
-constexpr int q6k_qh_chunk(int c) { return 24 * (c / 8) + 2 * (c % 8) + 1; }
+constexpr int q6k_qh_chunk(int c) { return 24 * (c / 8) + 3 * (c % 8) + 1; }
 }  // namespace merlin::quant
