@@ -89,6 +89,16 @@ inline __m512 scale_u8(const uint8_t* p, __m512 d) {
 inline __m512 scale_i8(const uint8_t* p, __m512 d) {
   return _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)))));
 }
+inline __m512 scale_i8x16(__m128i v, __m512 d) { return _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(v))); }
+// 16-byte lane i of v; i must fold to a constant.
+inline __m128i extract16(__m512i v, int i) {
+  switch (i) {
+    case 0: return _mm512_castsi512_si128(v);
+    case 1: return _mm512_extracti32x4_epi32(v, 1);
+    case 2: return _mm512_extracti32x4_epi32(v, 2);
+    default: return _mm512_extracti32x4_epi32(v, 3);
+  }
+}
 inline __m512 f16x16(const uint8_t* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
 
 template <int MR>
@@ -194,6 +204,11 @@ void rows_q4_k_1(const uint8_t* grp, int64_t nsb, const XBlock* x, float* y, int
     const __m512 d = f16x16(head), dmin = f16x16(head + 32);
     const uint8_t* qs = blk + 256;
     const XBlock* xs = x + sb * 8;
+    // Scales and mins before the quants, in address order: reading them after the quant lines
+    // cost 20 % of the DRAM throughput.
+    __m512 sc[8], mn[8];
+#pragma GCC unroll 8
+    for (int s = 0; s < 8; ++s) sc[s] = scale_u8(blk + 16 * s, d), mn[s] = scale_u8(blk + 128 + 16 * s, dmin);
     __m512i lo[4], hi[4];
 #pragma GCC unroll 4
     for (int j = 0; j < 4; ++j) lo[j] = hi[j] = _mm512_setzero_si512();
@@ -212,9 +227,8 @@ void rows_q4_k_1(const uint8_t* grp, int64_t nsb, const XBlock* x, float* y, int
         const int s = 2 * j + h;
         // High nibbles were multiplied in place (16 * q): shift the sum back (exact).
         const __m512i isum = h ? _mm512_srai_epi32(hi[j], 4) : lo[j];
-        const __m512 sc = scale_u8(blk + 16 * s, d), mn = scale_u8(blk + 128 + 16 * s, dmin);
         const __m512 t = _mm512_mul_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(xs[s].d));
-        acc = _mm512_fnmadd_ps(mn, _mm512_set1_ps(xs[s].dsum), _mm512_fmadd_ps(sc, t, acc));
+        acc = _mm512_fnmadd_ps(mn[s], _mm512_set1_ps(xs[s].dsum), _mm512_fmadd_ps(sc[s], t, acc));
       }
     }
   }
@@ -290,6 +304,8 @@ void rows_q6_k_1(const uint8_t* grp, Prefetch& pf, int64_t nsb, const XBlock* x,
       const uint8_t* q = blk + 256 + 64 * 24 * n;
       pf.upto(q + 64 * 24);
       const XBlock* xs = x + sb * 8 + 4 * n;
+      // The half's 8 scale vectors (16 bytes each) first, in address order (see rows_q4_k_1).
+      const __m512i sraw[2] = {ld(blk + 128 * n), ld(blk + 128 * n + 64)};
       __m512i s[8];
 #pragma GCC unroll 8
       for (int i = 0; i < 8; ++i) s[i] = _mm512_setzero_si512();
@@ -311,8 +327,8 @@ void rows_q6_k_1(const uint8_t* grp, Prefetch& pf, int64_t nsb, const XBlock* x,
         const __m512 vd = _mm512_set1_ps(xs[t].d);
         const __m512 t0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[t]), vd, _mm512_set1_ps(-32.0f * xs[t].dsum_lo));
         const __m512 t1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[4 + t]), vd, _mm512_set1_ps(-32.0f * xs[t].dsum_hi));
-        const __m512 sc_lo = scale_i8(blk + 16 * (8 * n + 2 * t), d);
-        const __m512 sc_hi = scale_i8(blk + 16 * (8 * n + 2 * t + 1), d);
+        const __m512 sc_lo = scale_i8x16(extract16(sraw[t / 2], 2 * (t % 2)), d);
+        const __m512 sc_hi = scale_i8x16(extract16(sraw[t / 2], 2 * (t % 2) + 1), d);
         acc = _mm512_fmadd_ps(sc_hi, t1, _mm512_fmadd_ps(sc_lo, t0, acc));
       }
     }
