@@ -353,6 +353,13 @@ int run(const Args& a) {
                         return g;
                       }()},
                      {"tg_bw_fraction", tg_bw_fraction},
+                     // Per tg run: tokens/s and its fraction (probes r and r+1 are around run r).
+                     {"tg_runs_tps", [&] {
+                        std::vector<double> v;
+                        for (double t : tg_runs) v.push_back(a.tg / t);
+                        return v;
+                      }()},
+                     {"tg_runs_bw_fraction", fractions},
                      {"pp_gflops", our_gflops},
                      {"blas_gflops", blas_gflops},
                      {"pp_blas_fraction", pp_blas_fraction}};
