@@ -10,19 +10,16 @@
 // round, to measure the fast phase on purpose.
 #include <CLI/CLI.hpp>
 #include <fmt/core.h>
-#include <immintrin.h>
-#include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <random>
 #include <vector>
 
-#include "core/cpu.h"
+#include "core/memory.h"
 #include "kernels/matmul.h"
 #include "kernels/quant.h"
 
@@ -31,44 +28,6 @@ using namespace merlin;
 namespace {
 
 double now_s() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
-
-void* huge_alloc(size_t n) {
-  const size_t huge = size_t{2} << 20;
-  n = (n + huge - 1) / huge * huge;
-  void* p = std::aligned_alloc(huge, n);
-  if (!p) throw std::bad_alloc();
-  madvise(p, n, MADV_HUGEPAGE);
-  std::memset(p, 0, n);
-  return p;
-}
-
-__attribute__((target("avx2"))) uint64_t sum_avx2(const uint8_t* p, size_t n) {
-  __m256i a = _mm256_setzero_si256(), b = a, c = a, d = a;
-  for (size_t i = 0; i + 128 <= n; i += 128) {
-    a = _mm256_add_epi64(a, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i)));
-    b = _mm256_add_epi64(b, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i + 32)));
-    c = _mm256_add_epi64(c, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i + 64)));
-    d = _mm256_add_epi64(d, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i + 96)));
-  }
-  alignas(32) uint64_t o[4];
-  _mm256_store_si256(reinterpret_cast<__m256i*>(o), _mm256_add_epi64(_mm256_add_epi64(a, b), _mm256_add_epi64(c, d)));
-  return o[0] + o[1] + o[2] + o[3];
-}
-
-// The same probe as `merlin bench`: every thread sums its share of 512 MiB (best of 2).
-double probe_gbs(ThreadPool& pool, const uint8_t* buf, size_t bytes) {
-  double best = 0;
-  for (int r = 0; r < 2; ++r) {
-    std::atomic<uint64_t> sink{0};
-    const double t0 = now_s();
-    pool.run([&](int i, int n) {
-      const size_t per = bytes / n / 64 * 64;
-      sink += sum_avx2(buf + per * i, per);
-    });
-    best = std::max(best, bytes / (now_s() - t0));
-  }
-  return best / 1e9;
-}
 
 struct Set {
   DType type;
@@ -104,11 +63,11 @@ Set make_set(ThreadPool& pool, DType t, int64_t n, int64_t k, size_t total) {
   const int count = std::max<int>(1, static_cast<int>(total / (rb * n)));
   for (int j = 0; j < count; ++j) {
     if (t == DType::BF16) {
-      s.mats.push_back(pack_matrix(pool, w, huge_alloc(packed_bytes(w))));
+      s.mats.push_back(pack_matrix(pool, w, alloc_huge_pages(packed_bytes(w))));
     } else if (can_interleave(w) && interleave_pays()) {
-      s.mats.push_back(interleave_matrix(pool, w, huge_alloc(interleaved_bytes(w))));
+      s.mats.push_back(interleave_matrix(pool, w, alloc_huge_pages(interleaved_bytes(w))));
     } else {
-      void* p = huge_alloc(raw.size());
+      void* p = alloc_huge_pages(raw.size());
       std::memcpy(p, raw.data(), raw.size());
       Tensor c = w;
       c.data = p;
@@ -135,14 +94,10 @@ int main(int argc, char** argv) {
   app.add_option("--min-probe", min_probe, "Before each round, wait until the probe reads at least this many GB/s (0: no wait)")
       ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
-  if (cpu_level() < CpuLevel::kAvx2) {
-    fmt::print(stderr, "kernel_bw needs AVX2\n");
-    return 1;
-  }
   ThreadPool pool(threads);
   const int64_t n = rows, k = 4096;
-  const size_t probe_bytes = size_t{512} << 20;
-  auto* probe = static_cast<uint8_t*>(huge_alloc(probe_bytes));
+  BandwidthProbe probe;
+  auto probe_gbs = [&] { return probe.measure(pool) / 1e9; };
   std::vector<Set> sets;
   for (DType t : {DType::Q4_0, DType::Q4_K, DType::Q6_K, DType::Q8_0, DType::BF16}) {
     fmt::print(stderr, "preparing {} MiB of {} {}x4096 matrices ...\n", mib, dtype_name(t), n);
@@ -153,10 +108,10 @@ int main(int argc, char** argv) {
   std::normal_distribution<float> nd;
   for (auto& v : x) v = nd(g);
   for (int r = 0; r < rounds; ++r) {
-    double before = probe_gbs(pool, probe, probe_bytes);
+    double before = probe_gbs();
     while (before < min_probe) {
       sleep(3);
-      before = probe_gbs(pool, probe, probe_bytes);
+      before = probe_gbs();
     }
     fmt::print("probe {:.1f} GB/s |", before);
     for (auto& s : sets) {
@@ -173,7 +128,7 @@ int main(int argc, char** argv) {
       const double gbs = s.bytes_per_call * calls / (now_s() - t0) / 1e9;
       fmt::print(" {} {:.1f} ({:.0f}%)", dtype_name(s.type), gbs, 100 * gbs / before);
     }
-    fmt::print(" | probe {:.1f}\n", probe_gbs(pool, probe, probe_bytes));
+    fmt::print(" | probe {:.1f}\n", probe_gbs());
     std::fflush(stdout);
   }
   return 0;

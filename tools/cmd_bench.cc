@@ -2,10 +2,7 @@
 // baselines measured in the same run: the machine's memory read bandwidth (tg reads every weight
 // once per token) and OpenBLAS sgemm on the model's own matmul shapes (pp is matmul-bound).
 #include <cblas.h>
-#include <immintrin.h>
 #include <omp.h>
-
-#include <sys/mman.h>
 
 #include <algorithm>
 #include <chrono>
@@ -19,6 +16,7 @@
 #include "command.h"
 #include "common.h"
 #include "core/cpu.h"
+#include "core/memory.h"
 #include "engine/engine.h"
 
 extern "C" void openblas_set_num_threads(int);
@@ -78,63 +76,6 @@ std::vector<std::string> edit_prompts() {
           parse + "def parse_config_file(path):\n    with open(path) as f:\n",
           csum + "long sum_positive_long(const long *values, int count) {\n    long total = 0;\n"};
 }
-
-__attribute__((target("avx2"))) uint64_t sum_avx2(const uint8_t* p, size_t n) {
-  // Four independent accumulators, 128 bytes per iteration: enough loads in flight to
-  // saturate the memory system from one core.
-  __m256i a = _mm256_setzero_si256(), b = a, c = a, d = a;
-  size_t i = 0;
-  for (; i + 128 <= n; i += 128) {
-    a = _mm256_add_epi64(a, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i)));
-    b = _mm256_add_epi64(b, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i + 32)));
-    c = _mm256_add_epi64(c, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i + 64)));
-    d = _mm256_add_epi64(d, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i + 96)));
-  }
-  alignas(32) uint64_t o[4];
-  _mm256_store_si256(reinterpret_cast<__m256i*>(o), _mm256_add_epi64(_mm256_add_epi64(a, b), _mm256_add_epi64(c, d)));
-  uint64_t s = o[0] + o[1] + o[2] + o[3];
-  for (; i < n; ++i) s += p[i];
-  return s;
-}
-
-// Read bandwidth: every thread sums its share of a buffer far larger than the caches (best of
-// `passes`). On a shared VM this moves by up to 2x within minutes, so tg measures it right
-// before and after each of its runs and compares each run with the probes around it.
-struct BandwidthProbe {
-  static constexpr size_t kBytes = size_t{512} << 20;
-  // Transparent huge pages, like the repacked weights (ModelWeights::alloc): with 4 KiB pages
-  // the probe itself reads ~30 % slower and would flatter every fraction.
-  struct Free {
-    void operator()(uint8_t* p) const { std::free(p); }
-  };
-  std::unique_ptr<uint8_t, Free> mem{[] {
-    auto* p = static_cast<uint8_t*>(std::aligned_alloc(size_t{2} << 20, kBytes));
-    if (!p) throw std::bad_alloc();
-    madvise(p, kBytes, MADV_HUGEPAGE);
-    std::memset(p, 1, kBytes);
-    return p;
-  }()};
-  double measure(ThreadPool& pool, int passes = 2) {
-    double best = 0;
-    for (int r = 0; r < passes; ++r) {
-      std::atomic<uint64_t> sink{0};
-      double t0 = now_s();
-      pool.run([&](int ith, int nth) {
-        const size_t per = kBytes / nth / 64 * 64;
-        const uint8_t* p = mem.get() + per * ith;
-        uint64_t acc = 0;
-        if (cpu_level() >= CpuLevel::kAvx2) {
-          acc = sum_avx2(p, per);
-        } else {
-          for (size_t i = 0; i < per; i += 8) acc += *reinterpret_cast<const uint64_t*>(p + i);
-        }
-        sink += acc;
-      });
-      best = std::max(best, kBytes / (now_s() - t0));
-    }
-    return best;
-  }
-};
 
 // The model's matmuls for a pp batch of m tokens: (n, k) per layer, times n_layer, plus the
 // output head for the last row only (as pp computes it).

@@ -1,10 +1,9 @@
 #include "model/weights.h"
 
-#include <sys/mman.h>
-
 #include <cstdlib>
 #include <new>
 
+#include "core/memory.h"
 #include "kernels/matmul.h"
 
 namespace merlin {
@@ -12,17 +11,10 @@ namespace merlin {
 void ModelWeights::FreeDeleter::operator()(uint8_t* p) const { std::free(p); }
 
 uint8_t* ModelWeights::alloc(size_t nbytes) {
-  constexpr size_t kHuge = size_t{2} << 20;
-  if (nbytes >= 2 * kHuge) {
-    // Weights are streamed once per token: with 4 KiB pages every 4 KiB of the stream is a TLB
-    // miss and loading faults in each page separately. MADV_HUGEPAGE works where THP is in
-    // "madvise" mode (Debian's default); elsewhere it is a harmless no-op.
-    const size_t rounded = (nbytes + kHuge - 1) / kHuge * kHuge;
-    void* p = std::aligned_alloc(kHuge, rounded);
-    if (!p) throw std::bad_alloc();
-    madvise(p, rounded, MADV_HUGEPAGE);
-    owned.emplace_back(static_cast<uint8_t*>(p));
-    return static_cast<uint8_t*>(p);
+  if (nbytes >= size_t{4} << 20) {
+    // Weights are streamed once per token: huge pages save a TLB miss per 4 KiB (alloc_huge_pages).
+    owned.emplace_back(alloc_huge_pages(nbytes));
+    return owned.back().get();
   }
   void* p = std::aligned_alloc(64, (nbytes + 63) / 64 * 64);
   if (!p) throw std::bad_alloc();
