@@ -86,10 +86,10 @@ inline __m512i dot8(const __m512i (&w)[8], const int32_t* q) {
 inline __m512 scale_u8(const uint8_t* p, __m512 d) {
   return _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)))));
 }
-inline __m512 scale_i8(const uint8_t* p, __m512 d) {
-  return _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)))));
-}
 inline __m512 scale_i8x16(__m128i v, __m512 d) { return _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(v))); }
+inline __m512 scale_i8(const uint8_t* p, __m512 d) {
+  return scale_i8x16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)), d);
+}
 // 16-byte lane i of v; i must fold to a constant.
 inline __m128i extract16(__m512i v, int i) {
   switch (i) {
