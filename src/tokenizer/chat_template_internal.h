@@ -1,5 +1,5 @@
 // Internal to the chat-template interpreter: Python-semantics helpers on Values shared by the
-// evaluator (chat_template.cc) and the builtins (chat_template_builtins.cc).
+// evaluator (chat_template_eval.cc) and the builtins (chat_template_builtins.cc).
 #pragma once
 #include <ctime>
 #include <functional>
