@@ -642,6 +642,7 @@ Result<TokenizerVocab> gguf_tokenizer_vocab(const GgufFile& g) {
   v.add_bos = g.get_bool("tokenizer.ggml.add_bos_token").value_or(v.model == TokenizerModel::kSentencePieceBpe);
   v.add_space_prefix = g.get_bool("tokenizer.ggml.add_space_prefix").value_or(v.model == TokenizerModel::kSentencePieceBpe);
   v.chat_template = g.get_string("tokenizer.chat_template").value_or("");
+  if (!v.chat_template.empty()) v.chat_template_source = "gguf";
   return v;
 }
 

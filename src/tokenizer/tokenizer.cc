@@ -6,6 +6,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "tokenizer/chat_template_source.h"
 #include "tokenizer/tokenizer_impl.h"
 #include "tokenizer/unicode.h"
 
@@ -554,6 +555,7 @@ Result<std::shared_ptr<const Tokenizer>> load_hf(const std::string& dir) {
   } else if (ctext.error().code != Code::kNotFound) {
     return std::unexpected(ctext.error());
   }
+  if (auto r = resolve_hf_chat_template(dir, v); !r) return std::unexpected(r.error());  // + chat_template.jinja
 
   auto id_of = [&](const std::optional<std::string>& t) -> std::optional<TokenId> {
     if (!t) return std::nullopt;

@@ -38,6 +38,9 @@ struct TokenizerVocab {
   bool add_bos = false;
   bool add_space_prefix = true;          // SentencePiece: prepend "▁" to the text
   std::string chat_template;
+  // Where chat_template came from: "tokenizer_config.json", "chat_template.jinja", "gguf", or ""
+  // when the model has none (the server then falls back to ChatML and should say so).
+  std::string chat_template_source;
 };
 
 class Tokenizer {
