@@ -18,4 +18,7 @@ seed c2 '{"prompt":[[1,2],[3]],"stream":true,"stream_options":{"include_usage":t
 seed h1 '{"messages":[{"role":"system","content":"s"},{"role":"user","content":[{"type":"text","text":"hi"}]}],"logprobs":true,"top_logprobs":2,"response_format":{"type":"text"},"tools":[]}'
 seed m1 '{"model":"tiny-coder-target","max_tokens":5,"system":[{"type":"text","text":"s"}],"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":"ok"}],"stop_sequences":["x"],"metadata":{"user_id":"u"},"thinking":{"type":"disabled"}}'
 seed t1 '{"content":"abc","add_special":true,"with_pieces":true,"tokens":[1,2,3]}'
+seed f1 '{"model":"tiny-coder-target","prompt":"def f(","suffix":"\n    return x\n","max_tokens":8,"stream":true,"priority":"chat","user":"ed"}'
+seed f2 '{"input_prefix":"a","input_suffix":"b","input_extra":[{"filename":"x.py","text":"y"}],"prompt":"c","n_predict":-1,"t_max_predict_ms":100,"n_indent":4,"seed":-1,"samplers":["top_k"],"id_slot":0,"cache_prompt":true,"n_probs":0}'
+seed f3 '{"model":"tiny-coder-target","prompt":"a","suffix":"b","min_tokens":0,"random_seed":3,"stop":"\n","temperature":0.2,"top_p":0.9}'
 exec "$out/fuzz_request" -max_total_time="$secs" -max_len=4096 -timeout=10 "$@" "$out/corpus_request"

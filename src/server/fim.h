@@ -5,26 +5,17 @@
 // the engine's completion lane (Priority::kCompletion), superseding the same client's older
 // request, with editor stop rules (suffix's next line, n_indent, a time budget).
 // The layout of prompts, truncation and response shapes are documented in docs/api.md (FIM).
+// Request bodies are parsed in request_parse.h; the HTTP handlers are declared in core.h.
 #pragma once
-#include <atomic>
 #include <cstdint>
-#include <functional>
-#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
-#include <nlohmann/json.hpp>
-
 #include "engine/engine.h"
 #include "server/api_error.h"
+#include "server/request_parse.h"  // FimInput, FimRequest
 #include "tokenizer/tokenizer.h"
-
-namespace httplib {
-class Server;
-struct Request;
-struct Response;
-}  // namespace httplib
 
 namespace merlin::server {
 
@@ -37,17 +28,6 @@ struct FimTokens {
 };
 // None when the model lacks any of prefix / suffix / middle.
 std::optional<FimTokens> fim_tokens(const Tokenizer& tok);
-
-struct FimExtraChunk {
-  std::string filename;
-  std::string text;
-};
-
-struct FimInput {
-  std::string prefix, suffix;
-  std::string prompt;                // text placed after the middle token (llama.cpp /infill)
-  std::vector<FimExtraChunk> extra;  // repository context, oldest / least relevant first
-};
 
 struct FimLayoutOptions {
   FimOrder order = FimOrder::kPsm;
@@ -80,33 +60,6 @@ struct FimOptions {
   bool priority_lane = true;             // false: FIM requests run as chat (benchmarks)
   int32_t max_input_tokens = 0;          // prefix + suffix cap; 0: the context
   int32_t default_max_tokens = 64;       // when a request gives none
-};
-
-// What the FIM endpoints need from the HTTP server that hosts them.
-struct FimHost {
-  Engine* engine = nullptr;
-  std::string model_name;
-  FimOptions opt;
-  // Returns an error when the request is not authenticated.
-  std::function<std::optional<ApiError>(const httplib::Request&)> check_auth;
-  std::function<bool()> stopping;        // the server is shutting down: 503
-  std::atomic<int>* active = nullptr;    // requests in flight, counted for graceful shutdown
-};
-
-class FimRoutes {
- public:
-  explicit FimRoutes(FimHost host);
-  ~FimRoutes();
-  // Adds POST /infill and POST /v1/fim/completions.
-  void register_routes(httplib::Server& svr);
-  // /v1/completions: true when the body asks for FIM (a non-empty "suffix"); the response is
-  // then written here.
-  static bool is_fim_completion(const nlohmann::json& body);
-  void handle_openai_completion(const nlohmann::json& body, const httplib::Request& req, httplib::Response& res);
-
- private:
-  struct Impl;
-  std::shared_ptr<Impl> impl_;
 };
 
 }  // namespace merlin::server

@@ -1,6 +1,8 @@
 #include "server/request_parse.h"
 
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <limits>
 #include <set>
 
@@ -573,6 +575,234 @@ ApiResult<DetokenizeRequest> parse_detokenize_request(const json& j, const Parse
     }
     return r;
   });
+}
+
+// ---- code completion (fill-in-the-middle) ----------------------------------------------------
+// The two FIM-only bodies (/infill, /v1/fim/completions) have their own field readers: their
+// messages follow llama.cpp's and Mistral's wording rather than OpenAI's.
+
+namespace {
+
+// Field readers throwing ApiError, for the two FIM-only bodies.
+struct FimFields {
+  const json& j;
+  [[noreturn]] static void fail(std::string msg, std::string param) {
+    throw ApiError{400, std::move(msg), std::move(param), {}, {}};
+  }
+  const json* get(const char* k) const {
+    auto it = j.find(k);
+    return it == j.end() || it->is_null() ? nullptr : &*it;
+  }
+  std::optional<std::string> str(const char* k) const {
+    auto v = get(k);
+    if (!v) return std::nullopt;
+    if (!v->is_string()) fail(fmt::format("'{}' must be a string.", k), k);
+    return v->get<std::string>();
+  }
+  std::optional<double> num(const char* k, double lo, double hi) const {
+    auto v = get(k);
+    if (!v) return std::nullopt;
+    if (!v->is_number()) fail(fmt::format("'{}' must be a number.", k), k);
+    double d = v->get<double>();
+    if (!(d >= lo && d <= hi)) fail(fmt::format("'{}' must be between {} and {}.", k, lo, hi), k);
+    return d;
+  }
+  std::optional<int64_t> integer(const char* k, int64_t lo, int64_t hi) const {
+    auto v = get(k);
+    if (!v) return std::nullopt;
+    if (!v->is_number_integer() && !v->is_number_unsigned()) fail(fmt::format("'{}' must be an integer.", k), k);
+    int64_t d = v->is_number_unsigned() ? static_cast<int64_t>(std::min<uint64_t>(v->get<uint64_t>(), INT64_MAX))
+                                        : v->get<int64_t>();
+    if (d < lo || d > hi) fail(fmt::format("'{}' must be between {} and {}.", k, lo, hi), k);
+    return d;
+  }
+  std::optional<bool> boolean(const char* k) const {
+    auto v = get(k);
+    if (!v) return std::nullopt;
+    if (!v->is_boolean()) fail(fmt::format("'{}' must be a boolean.", k), k);
+    return v->get<bool>();
+  }
+  std::vector<std::string> stops(const char* k) const {
+    std::vector<std::string> out;
+    auto v = get(k);
+    if (!v) return out;
+    if (v->is_string()) {
+      out.push_back(v->get<std::string>());
+    } else if (v->is_array()) {
+      for (const auto& s : *v) {
+        if (!s.is_string()) fail(fmt::format("'{}' must be a string or an array of strings.", k), k);
+        out.push_back(s.get<std::string>());
+      }
+    } else {
+      fail(fmt::format("'{}' must be a string or an array of strings.", k), k);
+    }
+    if (out.size() > 16) fail(fmt::format("'{}' holds more than 16 sequences.", k), k);
+    std::erase(out, std::string());
+    return out;
+  }
+  void known(std::initializer_list<const char*> names) const {
+    for (const auto& [k, _] : j.items()) {
+      bool ok = false;
+      for (const char* n : names) ok |= k == n;
+      if (!ok) fail(fmt::format("Unrecognized request argument supplied: {}", k), k);
+    }
+  }
+  std::optional<Priority> priority() const {
+    auto p = str("priority");
+    if (!p) return std::nullopt;
+    if (*p == "completion") return Priority::kCompletion;
+    if (*p == "chat") return Priority::kChat;
+    if (*p == "batch") return Priority::kBatch;
+    fail("'priority' must be \"completion\", \"chat\" or \"batch\".", "priority");
+  }
+};
+
+template <class F>
+ApiResult<FimRequest> fim_guarded(F&& f) {
+  try {
+    return f();
+  } catch (const ApiError& e) {
+    return std::unexpected(e);
+  } catch (const std::exception& e) {
+    return api_err(400, fmt::format("Invalid request: {}", e.what()));
+  }
+}
+
+void fim_check_model(const std::optional<std::string>& m, const std::string& served) {
+  if (m && !m->empty() && *m != served)
+    throw ApiError{404, fmt::format("The model `{}` does not exist or you do not have access to it.", *m), "model",
+                   "model_not_found", {}};
+}
+
+ApiResult<FimRequest> parse_infill_impl(const json& j, const std::string& served) {
+  return fim_guarded([&] {
+    FimFields f{j};
+    // llama.cpp fields that editors (llama.vim, llama.vscode) send and that have no effect
+    // here are accepted: id_slot, cache_prompt (the prefix cache is always on), samplers,
+    // t_max_prompt_ms, response_fields, n_probs 0.
+    f.known({"input_prefix", "input_suffix", "input_extra", "prompt", "n_predict", "max_tokens", "t_max_predict_ms",
+             "n_indent", "temperature", "top_k", "top_p", "min_p", "seed", "stop", "stream", "id_slot", "cache_prompt",
+             "samplers", "t_max_prompt_ms", "response_fields", "n_probs", "model", "priority", "repeat_penalty",
+             "ignore_eos", "user"});
+    FimRequest c;
+    c.api = FimApi::kInfill;
+    fim_check_model(f.str("model"), served);
+    c.in.prefix = f.str("input_prefix").value_or("");
+    c.in.suffix = f.str("input_suffix").value_or("");
+    c.in.prompt = f.str("prompt").value_or("");
+    if (auto e = f.get("input_extra")) {
+      if (!e->is_array()) FimFields::fail("'input_extra' must be an array of {filename, text} objects.", "input_extra");
+      for (const auto& ch : *e) {
+        if (!ch.is_object()) FimFields::fail("'input_extra' must be an array of {filename, text} objects.", "input_extra");
+        FimFields cf{ch};
+        cf.known({"filename", "text"});
+        c.in.extra.push_back({cf.str("filename").value_or(""), cf.str("text").value_or("")});
+      }
+    }
+    if (auto v = f.integer("n_predict", -1, 1 << 20); v && *v >= 0) c.max_tokens = static_cast<int32_t>(*v);
+    if (auto v = f.integer("max_tokens", 0, 1 << 20)) c.max_tokens = static_cast<int32_t>(*v);
+    if (auto v = f.num("t_max_predict_ms", 0, 1e9)) c.time_budget_ms = *v;
+    if (auto v = f.integer("n_indent", 0, 1 << 16)) c.n_indent = static_cast<int32_t>(*v);
+    if (auto v = f.num("temperature", 0, 100)) c.sampling.temperature = static_cast<float>(*v);
+    if (auto v = f.integer("top_k", 0, 1 << 30)) c.sampling.top_k = static_cast<int32_t>(*v);
+    if (auto v = f.num("top_p", 0, 1)) c.sampling.top_p = static_cast<float>(*v);
+    if (auto v = f.num("min_p", 0, 1)) c.sampling.min_p = static_cast<float>(*v);
+    if (auto v = f.num("repeat_penalty", 0, 100)) c.sampling.repetition_penalty = static_cast<float>(*v);
+    // llama.cpp: seed -1 (its default) means random.
+    if (auto v = f.integer("seed", -1, INT64_MAX); v && *v >= 0) c.sampling.seed = static_cast<uint64_t>(*v);
+    if (auto v = f.integer("n_probs", 0, 0)) (void)v;
+    c.stop = f.stops("stop");
+    c.stream = f.boolean("stream").value_or(false);
+    c.ignore_eos = f.boolean("ignore_eos").value_or(false);
+    c.client_id = f.str("user").value_or("");
+    c.priority = f.priority();
+    return c;
+  });
+}
+
+ApiResult<FimRequest> parse_mistral_impl(const json& j, const std::string& served) {
+  return fim_guarded([&] {
+    FimFields f{j};
+    f.known({"model", "prompt", "suffix", "max_tokens", "min_tokens", "temperature", "top_p", "stop", "stream",
+             "random_seed", "seed", "user", "priority", "ignore_eos"});
+    FimRequest c;
+    c.api = FimApi::kMistral;
+    fim_check_model(f.str("model"), served);
+    auto p = f.str("prompt");
+    if (!p) FimFields::fail("'prompt' is required.", "prompt");
+    c.in.prefix = *p;
+    c.in.suffix = f.str("suffix").value_or("");
+    if (auto v = f.integer("max_tokens", 0, 1 << 20)) c.max_tokens = static_cast<int32_t>(*v);
+    if (auto v = f.integer("min_tokens", 0, 1 << 20); v && *v > 0)
+      FimFields::fail("'min_tokens' is not supported.", "min_tokens");
+    if (auto v = f.num("temperature", 0, 2)) c.sampling.temperature = static_cast<float>(*v);
+    if (auto v = f.num("top_p", 0, 1)) c.sampling.top_p = static_cast<float>(*v);
+    if (auto v = f.integer("random_seed", 0, INT64_MAX)) c.sampling.seed = static_cast<uint64_t>(*v);
+    if (auto v = f.integer("seed", 0, INT64_MAX)) c.sampling.seed = static_cast<uint64_t>(*v);
+    c.stop = f.stops("stop");
+    c.stream = f.boolean("stream").value_or(false);
+    c.ignore_eos = f.boolean("ignore_eos").value_or(false);
+    c.client_id = f.str("user").value_or("");
+    c.priority = f.priority();
+    c.model = f.str("model").value_or("");
+    return c;
+  });
+}
+
+// /v1/completions with a suffix: the rest of the body goes through the server's own parser,
+// so every OpenAI field is validated the same way as without a suffix.
+ApiResult<FimRequest> parse_openai_fim_impl(const json& body, const std::string& served, int32_t n_vocab) {
+  FimRequest c;
+  c.api = FimApi::kOpenAI;
+  json rest = body;
+  c.in.suffix = body.value("suffix", std::string());
+  rest.erase("suffix");
+  auto pr = fim_guarded([&] {
+    FimRequest t;
+    t.priority = FimFields{body}.priority();
+    return t;
+  });
+  if (!pr) return std::unexpected(pr.error());
+  c.priority = pr->priority;
+  rest.erase("priority");
+  ParseContext pctx{served, n_vocab};
+  auto r = parse_completion_request(rest, pctx);
+  if (!r) return std::unexpected(r.error());
+  if (r->prompts.size() != 1 || !r->prompts[0].text)
+    return api_err(400, "With 'suffix', 'prompt' must be a single string.", "prompt");
+  if (r->n != 1) return api_err(400, "With 'suffix', 'n' must be 1.", "n");
+  if (r->echo) return api_err(400, "With 'suffix', 'echo' is not supported.", "echo");
+  if (r->logprobs >= 0) return api_err(400, "With 'suffix', 'logprobs' is not supported.", "logprobs");
+  c.model = r->model;
+  c.in.prefix = *r->prompts[0].text;
+  c.sampling = r->gen.sampling;
+  c.max_tokens = r->gen.max_tokens;
+  c.stop = r->gen.stop;
+  c.ignore_eos = r->gen.ignore_eos;
+  c.client_id = r->gen.user;
+  c.stream = r->stream;
+  c.include_usage = r->include_usage;
+  return c;
+}
+
+}  // namespace
+
+bool is_fim_completion(const json& body) {
+  auto it = body.find("suffix");
+  return it != body.end() && it->is_string() && !it->get_ref<const std::string&>().empty();
+}
+
+ApiResult<FimRequest> parse_infill_request(const json& j, const ParseContext& ctx) {
+  return parse_infill_impl(j, ctx.model_name);
+}
+
+ApiResult<FimRequest> parse_fim_completion_request(const json& j, const ParseContext& ctx) {
+  return parse_mistral_impl(j, ctx.model_name);
+}
+
+ApiResult<FimRequest> parse_completion_fim_request(const json& j, const ParseContext& ctx) {
+  if (!is_fim_completion(j)) return api_err(400, "'suffix' must be a non-empty string.", "suffix");
+  return parse_openai_fim_impl(j, ctx.model_name, ctx.n_vocab);
 }
 
 // ---- errors ---------------------------------------------------------------------------------

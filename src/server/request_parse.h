@@ -15,6 +15,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "engine/engine.h"  // Priority (header only: the parser links nothing of the engine)
 #include "engine/sampler.h"
 #include "server/api_error.h"
 
@@ -88,6 +89,49 @@ struct TokenizeRequest {
 struct DetokenizeRequest {
   Ids tokens;
 };
+
+// ---- code completion (fill-in-the-middle) ----------------------------------------------------
+
+struct FimExtraChunk {
+  std::string filename;
+  std::string text;
+};
+
+struct FimInput {
+  std::string prefix, suffix;
+  std::string prompt;                // text placed after the middle token (llama.cpp /infill)
+  std::vector<FimExtraChunk> extra;  // repository context, oldest / least relevant first
+};
+
+// Which API a FIM request came in on.
+enum class FimApi { kOpenAI, kInfill, kMistral };
+
+// One parsed FIM request, whichever endpoint it came from.
+struct FimRequest {
+  FimApi api = FimApi::kOpenAI;
+  std::string model;
+  FimInput in;
+  SamplingParams sampling;
+  std::optional<int32_t> max_tokens;
+  std::vector<std::string> stop;
+  std::string client_id;
+  int32_t n_indent = 0;
+  std::optional<double> time_budget_ms;  // nullopt: server default; 0: none
+  std::optional<Priority> priority;      // extension: "priority": "chat" opts out of the lane
+  bool ignore_eos = false;
+  bool stream = false;
+  bool include_usage = false;
+};
+
+// /v1/completions: true when the body asks for FIM (a non-empty string "suffix").
+bool is_fim_completion(const nlohmann::json& body);
+// POST /infill (llama.cpp).
+ApiResult<FimRequest> parse_infill_request(const nlohmann::json& j, const ParseContext& ctx);
+// POST /v1/fim/completions (Mistral / Codestral).
+ApiResult<FimRequest> parse_fim_completion_request(const nlohmann::json& j, const ParseContext& ctx);
+// POST /v1/completions with a suffix (OpenAI): the rest of the body is validated by
+// parse_completion_request, so every OpenAI field is checked the same way as without a suffix.
+ApiResult<FimRequest> parse_completion_fim_request(const nlohmann::json& j, const ParseContext& ctx);
 
 // The body as JSON: must be valid UTF-8 and a JSON object.
 ApiResult<nlohmann::json> parse_json_body(std::string_view body);

@@ -1,9 +1,10 @@
 // `merlin serve`: OpenAI- and Anthropic-compatible HTTP API over one Engine.
-//   OpenAI:    GET /v1/models, POST /v1/completions, POST /v1/chat/completions
-//   Anthropic: POST /v1/messages, POST /v1/messages/count_tokens
-//   Utility:   GET /health, POST /tokenize, POST /detokenize, GET /metrics
-// Request bodies are parsed by server/request_parse.h (pure, fuzzed); this file owns HTTP,
-// authentication, tokenization / chat templating and the streaming loop.
+//   OpenAI:    GET /v1/models, POST /v1/completions, POST /v1/chat/completions   (openai.cc)
+//   Anthropic: POST /v1/messages, POST /v1/messages/count_tokens                 (anthropic.cc)
+//   FIM:       POST /infill, POST /v1/fim/completions, suffix on /v1/completions (fim.cc)
+//   Utility:   GET /health, POST /tokenize, POST /detokenize, GET /metrics       (server.cc)
+// Request bodies of every endpoint are parsed by server/request_parse.h (pure, fuzzed); SSE,
+// waiting for generations and noticing clients that left are in server/stream.h.
 #pragma once
 #include <atomic>
 #include <cstdint>

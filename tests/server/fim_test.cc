@@ -16,6 +16,7 @@
 #include "engine/engine.h"
 #include "server/fim.h"
 #include "server/server.h"
+#include "test_server.h"
 
 namespace merlin::server {
 namespace {
@@ -160,52 +161,21 @@ TEST(FimPrompt, FirstNonEmptyLine) {
 
 // ---- over HTTP ------------------------------------------------------------------------------
 
-struct FimServer {
-  std::unique_ptr<Engine> engine;
-  std::unique_ptr<HttpServer> server;
-  std::thread thread;
-  int port = 0;
+using FimServer = test_server::TestServer;
+using test_server::sse_data;
 
-  static std::unique_ptr<FimServer> start(std::shared_ptr<const Tokenizer> tok = nullptr) {
-    auto r = std::make_unique<FimServer>();
-    auto m = load_model(test::model_dir("target"));
-    EXPECT_TRUE(m) << m.error().message;
-    if (!m) return nullptr;
-    if (tok) m->tokenizer = tok;
-    EngineOptions eo;
-    eo.ctx_size = 1024;
-    eo.max_running = 4;
-    auto e = Engine::create(std::move(*m), eo);
-    EXPECT_TRUE(e) << e.error().message;
-    if (!e) return nullptr;
-    r->engine = std::move(*e);
-    ServerOptions so;
-    so.port = 0;
-    so.fim.default_time_budget_ms = 0;  // output must not depend on the machine's speed
-    auto s = HttpServer::create(*r->engine, so);
-    EXPECT_TRUE(s) << s.error().message;
-    if (!s) return nullptr;
-    r->server = std::move(*s);
-    auto port = r->server->bind();
-    EXPECT_TRUE(port);
-    r->port = *port;
-    r->thread = std::thread([p = r.get()] { p->server->serve(); });
-    return r;
-  }
-  ~FimServer() {
-    if (server) server->stop();
-    if (thread.joinable()) thread.join();
-  }
-  httplib::Client client() const {
-    httplib::Client c("127.0.0.1", port);
-    c.set_read_timeout(120, 0);
-    return c;
-  }
-};
+// A server as the FIM tests want it: output must not depend on the machine's speed.
+std::unique_ptr<FimServer> start_fim_server(std::shared_ptr<const Tokenizer> tok = nullptr) {
+  test_server::Config cfg;
+  cfg.ctx_size = 1024;
+  cfg.tokenizer = std::move(tok);
+  cfg.server.fim.default_time_budget_ms = 0;
+  return FimServer::start(cfg);
+}
 
 class FimServerTest : public ::testing::Test {
  protected:
-  static void SetUpTestSuite() { srv_ = FimServer::start().release(); }
+  static void SetUpTestSuite() { srv_ = start_fim_server().release(); }
   static void TearDownTestSuite() {
     delete srv_;
     srv_ = nullptr;
@@ -213,19 +183,6 @@ class FimServerTest : public ::testing::Test {
   static FimServer* srv_;
 };
 FimServer* FimServerTest::srv_ = nullptr;
-
-std::vector<json> sse_data(const std::string& body) {
-  std::vector<json> out;
-  size_t pos = 0;
-  while ((pos = body.find("data: ", pos)) != std::string::npos) {
-    size_t end = body.find("\n\n", pos);
-    std::string d = body.substr(pos + 6, end - pos - 6);
-    pos = end;
-    if (d == "[DONE]") out.push_back("[DONE]");
-    else out.push_back(json::parse(d));
-  }
-  return out;
-}
 
 // `merlin run` greedy on the raw prompt (special tokens parsed), with the server's editor rule
 // applied: the text ends before a completed line equal to the suffix's first non-empty line.
@@ -397,7 +354,7 @@ TEST_F(FimServerTest, ErrorsAre400) {
 TEST(FimNoTokens, EveryEndpointGives400) {
   auto t = Tokenizer::from_hf_dir(no_fim_tokenizer_dir());
   ASSERT_TRUE(t);
-  auto srv = FimServer::start(*t);
+  auto srv = start_fim_server(*t);
   ASSERT_TRUE(srv);
   auto c = srv->client();
   for (auto [path, body] : {std::pair<const char*, json>{"/infill", {{"input_prefix", "a"}, {"input_suffix", "b"}}},

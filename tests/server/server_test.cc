@@ -5,9 +5,9 @@
 
 #include <thread>
 
-#include "../test_util.h"
 #include "engine/engine.h"
 #include "server/server.h"
+#include "test_server.h"
 
 namespace merlin::server {
 namespace {
@@ -16,55 +16,18 @@ using nlohmann::json;
 
 constexpr const char* kKey = "test-key";
 
-struct Running {
-  std::unique_ptr<Engine> engine;
-  std::unique_ptr<HttpServer> server;
-  std::thread thread;
-  int port = 0;
-
-  static std::unique_ptr<Running> start(ServerOptions so = {}) {
-    auto r = std::make_unique<Running>();
-    auto m = load_model(test::model_dir("target"));
-    EXPECT_TRUE(m) << m.error().message;
-    if (!m) return nullptr;
-    EngineOptions eo;
-    eo.ctx_size = 512;
-    eo.max_running = 4;
-    auto e = Engine::create(std::move(*m), eo);
-    EXPECT_TRUE(e) << e.error().message;
-    if (!e) return nullptr;
-    r->engine = std::move(*e);
-    so.port = 0;
-    auto s = HttpServer::create(*r->engine, so);
-    EXPECT_TRUE(s) << s.error().message;
-    if (!s) return nullptr;
-    r->server = std::move(*s);
-    auto port = r->server->bind();
-    EXPECT_TRUE(port);
-    r->port = *port;
-    r->thread = std::thread([p = r.get()] { p->server->serve(); });
-    return r;
-  }
-  ~Running() {
-    if (server) server->stop();
-    if (thread.joinable()) thread.join();
-  }
-  httplib::Client client() const {
-    httplib::Client c("127.0.0.1", port);
-    c.set_read_timeout(120, 0);
-    return c;
-  }
-};
+using test_server::sse;
+using Running = test_server::TestServer;
 
 httplib::Headers auth() { return {{"Authorization", std::string("Bearer ") + kKey}}; }
 
 class ServerTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    ServerOptions so;
-    so.api_key = kKey;
-    so.max_body_bytes = 100000;
-    srv_ = Running::start(so).release();
+    test_server::Config cfg;
+    cfg.server.api_key = kKey;
+    cfg.server.max_body_bytes = 100000;
+    srv_ = Running::start(cfg).release();
   }
   static void TearDownTestSuite() {
     delete srv_;
@@ -90,27 +53,6 @@ std::string engine_greedy(Engine& e, const std::string& prompt, int n) {
     if (ev.done) break;
   }
   return text;
-}
-
-std::vector<std::pair<std::string, std::string>> sse(const std::string& body) {
-  std::vector<std::pair<std::string, std::string>> out;
-  size_t pos = 0;
-  while (pos < body.size()) {
-    size_t end = body.find("\n\n", pos);
-    std::string block = body.substr(pos, end == std::string::npos ? std::string::npos : end - pos);
-    pos = end == std::string::npos ? body.size() : end + 2;
-    std::string ev, data;
-    size_t lp = 0;
-    while (lp < block.size()) {
-      size_t nl = block.find('\n', lp);
-      std::string line = block.substr(lp, nl == std::string::npos ? std::string::npos : nl - lp);
-      lp = nl == std::string::npos ? block.size() : nl + 1;
-      if (line.rfind("event: ", 0) == 0) ev = line.substr(7);
-      if (line.rfind("data: ", 0) == 0) data = line.substr(6);
-    }
-    if (!ev.empty() || !data.empty()) out.emplace_back(ev, data);
-  }
-  return out;
 }
 
 TEST_F(ServerTest, CompletionMatchesEngine) {
