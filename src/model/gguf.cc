@@ -1,5 +1,6 @@
 #include "model/gguf.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -571,9 +572,14 @@ Result<TokenizerVocab> gguf_tokenizer_vocab(const GgufFile& g) {
   TokenizerVocab v;
   auto model = g.get_string("tokenizer.ggml.model");
   if (!model) return Errf(Code::kCorrupt, "{}: missing metadata 'tokenizer.ggml.model'", g.name);
+  // Merlin implements byte-level BPE ("gpt2") and SentencePiece BPE ("llama"); WordPiece ("bert"),
+  // Unigram ("t5"), "rwkv", "plamo2", "gemma4" (BPE over raw UTF-8), ... are refused, never guessed.
   if (*model == "gpt2") v.model = TokenizerModel::kByteLevelBpe;
   else if (*model == "llama") v.model = TokenizerModel::kSentencePieceBpe;
-  else return Errf(Code::kUnsupported, "{}: tokenizer model '{}' is not supported (gpt2, llama)", g.name, *model);
+  else return Errf(Code::kUnsupported, "{}: tokenizer.ggml.model '{}' is not supported (Merlin implements 'gpt2' and 'llama')", g.name, *model);
+  v.pre = g.get_string("tokenizer.ggml.pre").value_or("");
+  if (v.pre.empty()) v.pre = "default";  // as llama.cpp (with a warning there)
+  // (An unknown tokenizer.ggml.pre is refused by Tokenizer::from_vocab, which knows the names.)
 
   auto* toks = g.find("tokenizer.ggml.tokens");
   if (!toks || toks->type != GgufType::kArray || toks->elem != GgufType::kString || toks->arr.empty())
@@ -605,7 +611,6 @@ Result<TokenizerVocab> gguf_tokenizer_vocab(const GgufFile& g) {
     v.merges.reserve(s->arr.size());
     for (auto& e : s->arr) v.merges.push_back(e.str);
   }
-  v.pre = g.get_string("tokenizer.ggml.pre").value_or("default");
   v.bos = token_id(g, "tokenizer.ggml.bos_token_id", n);
   v.eos = token_id(g, "tokenizer.ggml.eos_token_id", n);
   v.eot = token_id(g, "tokenizer.ggml.eot_token_id", n);
@@ -638,8 +643,13 @@ Result<TokenizerVocab> gguf_tokenizer_vocab(const GgufFile& g) {
   by_text(v.fim_pad, {"<|fim_pad|>", "<fim-pad>", "<fim_pad>"});
   by_text(v.fim_rep, {"<|fim_repo|>", "<fim-repo>", "<reponame>", "<REPO>"});
   by_text(v.fim_sep, {"<|file_sep|>", "<file_sep>", "<file-sep>"});
-  // llama.cpp's defaults when the flag is absent: SentencePiece adds BOS, byte-level BPE does not.
-  v.add_bos = g.get_bool("tokenizer.ggml.add_bos_token").value_or(v.model == TokenizerModel::kSentencePieceBpe);
+  // llama.cpp's defaults when the flag is absent: SentencePiece adds BOS; byte-level BPE only for
+  // the llama3 family, tekken and chameleon pre-tokenizers.
+  static constexpr std::string_view kBosPre[] = {"llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral",
+                                                 "midm-2.0", "lfm2", "jina-v5-nano", "tekken", "chameleon"};
+  const bool bos_default = v.model == TokenizerModel::kSentencePieceBpe ||
+                           std::find(std::begin(kBosPre), std::end(kBosPre), v.pre) != std::end(kBosPre);
+  v.add_bos = g.get_bool("tokenizer.ggml.add_bos_token").value_or(bos_default);
   v.add_space_prefix = g.get_bool("tokenizer.ggml.add_space_prefix").value_or(v.model == TokenizerModel::kSentencePieceBpe);
   v.chat_template = g.get_string("tokenizer.chat_template").value_or("");
   if (!v.chat_template.empty()) v.chat_template_source = "gguf";

@@ -31,6 +31,9 @@ Tensor unpermute_owned(ModelWeights& w, const Tensor& t, int64_t head_dim) {
 
 Result<LoadedModel> load_gguf_model(const std::string& path) {
   MERLIN_TRY(g, open_gguf(path));
+  // The tokenizer first: a vocabulary Merlin cannot tokenize is refused before any weight work.
+  MERLIN_TRY(vocab, gguf_tokenizer_vocab(g));
+  MERLIN_TRY(tok, Tokenizer::from_vocab(std::move(vocab), path));
   MERLIN_TRY(cfg, gguf_model_config(g));
   auto w = std::make_shared<ModelWeights>();
   w->config = cfg;
@@ -115,8 +118,6 @@ Result<LoadedModel> load_gguf_model(const std::string& path) {
   // f32/f16/bf16 matrices are repacked for the matmul kernels, as for HF folders.
   pack_weights(*w);
 
-  MERLIN_TRY(vocab, gguf_tokenizer_vocab(g));
-  MERLIN_TRY(tok, Tokenizer::from_vocab(std::move(vocab)));
   if (tok->n_vocab() > c.n_vocab)
     return Errf(Code::kCorrupt, "{}: tokenizer has {} tokens but token_embd has {} rows", path, tok->n_vocab(), c.n_vocab);
 

@@ -103,7 +103,11 @@ void split_one(pcre2_code* code, bool jit, Scratch& sc, std::string_view text,
     const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(sc.md);
     size_t b = ov[0], e = ov[1];
     if (e <= b) {
-      // Empty match: step over one character so the scan always advances.
+      // Empty match: split here, then step over one character so the scan always advances.
+      if (b > last && b < text.size()) {
+        out.push_back(text.substr(last, b - last));
+        last = b;
+      }
       size_t step = 1;
       while (b + step < text.size() && (static_cast<uint8_t>(text[b + step]) & 0xC0) == 0x80) ++step;
       pos = b + step;

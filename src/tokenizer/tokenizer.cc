@@ -230,6 +230,11 @@ Ids TokenizerImpl::encode(std::string_view text, bool parse_special, bool add_bo
 }
 
 void TokenizerImpl::encode_fragment(std::string_view text, bool first, bool at_start, Ids& out) const {
+  std::string normalized;
+  if (!opt_.normalizer.empty()) {
+    normalized = opt_.normalizer.apply(text);
+    text = normalized;
+  }
   if (info_.model == TokenizerModel::kSentencePieceBpe) {
     std::string s;
     s.reserve(text.size() + 8);
@@ -302,44 +307,16 @@ bool TokenizerImpl::is_special(TokenId id) const {
 // ---------------------------------------------------------------------------------------------
 // GGUF route
 
-namespace {
-
-struct PreSpec {
-  std::vector<std::string> patterns;
-  bool ignore_merges = false;
-};
-
-PreSpec pre_for(std::string_view pre) {
-  // Patterns as llama.cpp's llama-vocab.cpp lists them per tokenizer.ggml.pre value; the GPT-2
-  // style ones without the trailing \s+ are equivalent because gaps become their own pieces.
-  static const std::string kGpt2NoTail =
-      R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S))";
-  if (pre == "llama-bpe" || pre == "llama3" || pre == "llama-v3" || pre == "smaug-bpe" ||
-      pre == "dbrx")
-    return {{kLlama3Pattern}, true};
-  if (pre == "qwen2" || pre == "deepseek-r1-qwen") return {{kQwen2Pattern}, false};
-  if (pre == "starcoder" || pre == "refact" || pre == "command-r" || pre == "smollm" ||
-      pre == "codeshell" || pre == "exaone" || pre == "minerva-7b")
-    return {{R"(\p{N})", kGpt2NoTail}, false};
-  if (pre == "deepseek-coder")
-    return {{"[\r\n]", R"(\s?\p{L}+)", R"(\s?\p{P}+)",
-             "[\xE4\xB8\x80-\xE9\xBE\xA5\xE0\xA0\x80-\xE4\xB8\x80\xEA\xB0\x80-\xED\x9F\xBF]+",
-             R"(\p{N})"},
-            false};
-  if (pre == "falcon")
-    return {{R"([\p{P}\$\+<=>\^~\|`]+)", kGpt2NoTail, "[0-9][0-9][0-9]"}, false};
-  return {{kGpt2Pattern}, false};  // "gpt-2", "default", unknown names
-}
-
-}  // namespace
-
-Result<std::shared_ptr<const Tokenizer>> Tokenizer::from_vocab(TokenizerVocab vocab) {
+Result<std::shared_ptr<const Tokenizer>> Tokenizer::from_vocab(TokenizerVocab vocab, std::string source) {
   TokenizerOptions opt;
-  opt.source = "tokenizer vocabulary";
+  opt.source = std::move(source);
   if (vocab.model == TokenizerModel::kByteLevelBpe) {
-    PreSpec spec = pre_for(vocab.pre);
-    opt.patterns = std::move(spec.patterns);
-    opt.ignore_merges = spec.ignore_merges;
+    std::string why;
+    const BpePreTokenizer* pre = find_bpe_pre_tokenizer(vocab.pre, &why);
+    if (!pre)
+      return Errf(Code::kUnsupported, "{}: tokenizer.ggml.pre '{}' is not supported: {}", opt.source, vocab.pre, why);
+    opt.patterns = pre->patterns;
+    opt.ignore_merges = pre->ignore_merges;
   }
   return TokenizerImpl::build(std::move(vocab), std::move(opt));
 }
@@ -492,6 +469,9 @@ Result<std::shared_ptr<const Tokenizer>> load_hf(const std::string& dir) {
   const std::string pre_dump = j.contains("pre_tokenizer") ? j["pre_tokenizer"].dump() : "null";
   const std::string norm_dump = j.contains("normalizer") ? j["normalizer"].dump() : "null";
   const std::string dec_dump = j.contains("decoder") ? j["decoder"].dump() : "null";
+  auto normalizer = Normalizer::parse(j.contains("normalizer") ? j["normalizer"] : json());
+  if (!normalizer) return Errf(normalizer.error().code, "{}: {}", path, normalizer.error().message);
+  opt.normalizer = std::move(*normalizer);
   const bool byte_fallback = m.value("byte_fallback", false);
   const bool byte_level = pre_dump.find("\"ByteLevel\"") != std::string::npos ||
                           (dec_dump.find("\"ByteLevel\"") != std::string::npos && !byte_fallback);
@@ -499,6 +479,9 @@ Result<std::shared_ptr<const Tokenizer>> load_hf(const std::string& dir) {
   const bool spm_style = !byte_level && (byte_fallback || norm_dump.find(meta) != std::string::npos ||
                                          pre_dump.find("Metaspace") != std::string::npos);
   if (spm_style) {
+    // The SentencePiece path itself adds the "▁" prefix and turns spaces into "▁".
+    opt.normalizer.remove_if_matches(Normalizer::Kind::kPrepend, meta);
+    opt.normalizer.remove_if_matches(Normalizer::Kind::kReplace, " ", meta);
     v.model = TokenizerModel::kSentencePieceBpe;
     opt.spm_use_ranks = true;
     opt.prefix_only_at_start = pre_dump.find("\"prepend_scheme\":\"first\"") != std::string::npos;

@@ -32,7 +32,7 @@ struct TokenizerVocab {
   std::vector<float> scores;             // SentencePiece scores (empty for byte-level BPE)
   std::vector<TokenType> types;          // empty means all normal
   std::vector<std::string> merges;       // "a b" pairs in rank order (byte-level BPE)
-  std::string pre;                       // tokenizer.ggml.pre: "llama-bpe", "gpt-2", "qwen2", ...
+  std::string pre = "default";           // tokenizer.ggml.pre: "llama-bpe", "gpt-2", "qwen2", ...
   std::optional<TokenId> bos, eos, eot, pad, unk;
   std::optional<TokenId> fim_pre, fim_suf, fim_mid, fim_pad, fim_rep, fim_sep;
   bool add_bos = false;
@@ -48,7 +48,9 @@ class Tokenizer {
   // dir holds tokenizer.json and optionally tokenizer_config.json (chat_template, bos/eos,
   // add_bos_token). Errors name the file and the problem.
   static Result<std::shared_ptr<const Tokenizer>> from_hf_dir(const std::string& dir);
-  static Result<std::shared_ptr<const Tokenizer>> from_vocab(TokenizerVocab vocab);
+  // Byte-level BPE needs a `pre` that find_bpe_pre_tokenizer knows; errors start with `source`.
+  static Result<std::shared_ptr<const Tokenizer>> from_vocab(TokenizerVocab vocab,
+                                                             std::string source = "tokenizer vocabulary");
 
   virtual ~Tokenizer() = default;
 

@@ -8,12 +8,14 @@
 #include <unordered_map>
 #include <vector>
 
+#include "tokenizer/normalizer.h"
 #include "tokenizer/pretokenize.h"
 #include "tokenizer/tokenizer.h"
 
 namespace merlin {
 
 struct TokenizerOptions {
+  Normalizer normalizer;               // HF normalizer steps not done by the model path itself
   std::vector<std::string> patterns;   // byte-level pre-tokenizer regexes (in sequence)
   bool ignore_merges = false;          // HF BPE: a word that is a token is emitted whole
   bool add_prefix_space = false;       // HF ByteLevel(add_prefix_space): " " before the text

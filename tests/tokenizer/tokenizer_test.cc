@@ -11,6 +11,7 @@
 
 #include "tokenizer/pretokenize.h"
 #include "tokenizer/tokenizer.h"
+#include "tokenizer/unicode.h"
 
 namespace merlin {
 namespace {
@@ -342,10 +343,93 @@ TEST(TokenizerVocabRoute, PreTokenizerNamesExist) {
   TokenizerVocab v;
   v.tokens = {"a"};
   for (const char* pre : {"llama-bpe", "llama3", "llama-v3", "smaug-bpe", "gpt-2", "default", "qwen2",
-                          "starcoder", "deepseek-coder", "falcon", "something-new"}) {
+                          "starcoder", "deepseek-coder", "falcon"}) {
     v.pre = pre;
     auto r = Tokenizer::from_vocab(v);
     EXPECT_TRUE(r.has_value()) << pre << ": " << (r ? "" : r.error().message);
+  }
+  v.pre = "something-new";  // refused, never tokenized with a guessed regex (pre_tokenizer_test.cc)
+  EXPECT_FALSE(Tokenizer::from_vocab(v).has_value());
+}
+
+// ---------------------------------------------------------------------------------------------
+// HF normalizers: applied when Merlin implements them, refused (naming file, normalizer) otherwise.
+
+// A byte-level vocabulary whose every byte is a token, so ids spell out the normalized bytes.
+std::string byte_vocab_json(const std::string& normalizer) {
+  json vocab = json::object();
+  for (int b = 0; b < 256; ++b) {
+    std::string s(1, static_cast<char>(b));
+    vocab[json(unicode::bytes_to_byte_level(s)).get<std::string>()] = b;
+  }
+  json j = {{"model", {{"type", "BPE"}, {"vocab", vocab}, {"merges", json::array()}}},
+            {"pre_tokenizer", {{"type", "ByteLevel"}, {"use_regex", false}}},
+            {"normalizer", json::parse(normalizer)}};
+  return j.dump();
+}
+
+std::string ids_to_bytes(const Ids& ids) {
+  std::string s;
+  for (auto id : ids) s += static_cast<char>(id);
+  return s;
+}
+
+TEST_F(CorruptTokenizerJson, NfcAndNfkcNormalizersAreApplied) {
+  write("tokenizer.json", byte_vocab_json(R"({"type": "NFC"})"));
+  auto r = Tokenizer::from_hf_dir(dir_.string());
+  ASSERT_TRUE(r.has_value()) << r.error().message;
+  EXPECT_EQ(ids_to_bytes((*r)->encode("Caf" "e\xCC\x81")), "Caf\xC3\xA9");        // -> U+00E9
+  EXPECT_EQ(ids_to_bytes((*r)->encode("\xEF\xAC\x81")), "\xEF\xAC\x81");        // NFC keeps the ﬁ ligature
+  EXPECT_EQ(ids_to_bytes((*r)->encode("a\xFF" "b")), "a\xFF" "b");                     // invalid bytes pass through
+
+  write("tokenizer.json", byte_vocab_json(R"({"type": "Sequence", "normalizers": [{"type": "NFKC"}]})"));
+  r = Tokenizer::from_hf_dir(dir_.string());
+  ASSERT_TRUE(r.has_value()) << r.error().message;
+  EXPECT_EQ(ids_to_bytes((*r)->encode("\xEF\xAC\x81" "1\xE2\x81\x84" "2")), "fi1\xE2\x81\x84" "2");  // ﬁ -> fi
+  EXPECT_EQ(ids_to_bytes((*r)->encode("\xEF\xBC\xA1")), "A");                     // fullwidth A
+
+  write("tokenizer.json", byte_vocab_json(R"({"type": "NFD"})"));
+  r = Tokenizer::from_hf_dir(dir_.string());
+  ASSERT_TRUE(r.has_value()) << r.error().message;
+  EXPECT_EQ(ids_to_bytes((*r)->encode("\xC3\xA9")), "e\xCC\x81");
+}
+
+TEST_F(CorruptTokenizerJson, SimpleNormalizersInSequence) {
+  write("tokenizer.json", byte_vocab_json(R"({"type": "Sequence", "normalizers": [
+      {"type": "Strip", "strip_left": true, "strip_right": true}, {"type": "Lowercase"},
+      {"type": "Replace", "pattern": {"String": "b"}, "content": "xy"}, {"type": "Prepend", "prepend": "_"}]})"));
+  auto r = Tokenizer::from_hf_dir(dir_.string());
+  ASSERT_TRUE(r.has_value()) << r.error().message;
+  EXPECT_EQ(ids_to_bytes((*r)->encode("  AbC\xC3\x89 \n")), "_axyc\xC3\xA9");
+  EXPECT_EQ(ids_to_bytes((*r)->encode("\xC4\xB0")), "_i\xCC\x87");  // İ lowercases to i + U+0307, as Rust
+}
+
+TEST_F(CorruptTokenizerJson, UnsupportedNormalizersAreRefused) {
+  const std::pair<const char*, const char*> cases[] = {
+      {R"({"type": "BertNormalizer", "lowercase": true})", "normalizer BertNormalizer is not supported"},
+      {R"({"type": "Precompiled", "precompiled_charsmap": "AAAA"})", "normalizer Precompiled is not supported"},
+      {R"({"type": "Sequence", "normalizers": [{"type": "NFC"}, {"type": "StripAccents"}]})",
+       "normalizer StripAccents is not supported"},
+      {R"({"type": "NMT"})", "normalizer NMT is not supported"},
+      {R"({"type": "Replace", "pattern": {"Regex": " +"}, "content": " "})",
+       "normalizer Replace with pattern {\"Regex\":\" +\"} is not supported (only String patterns)"},
+  };
+  for (const auto& [norm, msg] : cases) {
+    write("tokenizer.json", byte_vocab_json(norm));
+    auto r = Tokenizer::from_hf_dir(dir_.string());
+    ASSERT_FALSE(r.has_value()) << norm;
+    EXPECT_EQ(r.error().code, Code::kUnsupported);
+    EXPECT_EQ(r.error().message.rfind((dir_ / "tokenizer.json").string() + ": " + msg, 0), 0u) << r.error().message;
+  }
+}
+
+TEST_F(CorruptTokenizerJson, NonBpeModelsAreRefused) {
+  for (const char* type : {"WordPiece", "Unigram", "WordLevel"}) {
+    write("tokenizer.json", fmt::format(R"({{"model": {{"type": "{}", "vocab": {{"a": 0}}}}}})", type));
+    auto r = Tokenizer::from_hf_dir(dir_.string());
+    ASSERT_FALSE(r.has_value()) << type;
+    EXPECT_EQ(r.error().message,
+              fmt::format("{}: model type {} is not supported (only BPE)", (dir_ / "tokenizer.json").string(), type));
   }
 }
 
