@@ -29,19 +29,23 @@ int run(const RunArgs& a) {
   eo.n_threads = a.threads;
   eo.max_running = 1;
   eo.precision = a.precision == "bf16" ? Precision::kBF16 : Precision::kF32;
-  eo.kv_type = kv_type_from_name(a.kv_type).value_or(DType::F32);
-  if (auto st = KvCache::supported_type(m->weights->config, eo.kv_type); !st.ok()) {
-    fmt::print(stderr, "error: {}\n", st.message);
-    return 1;
-  }
+  auto kv_type = kv_type_or_report(a.kv_type, m->weights->config);
+  if (!kv_type) return 1;
+  eo.kv_type = *kv_type;
   std::shared_ptr<const Tokenizer> tok = m->tokenizer;
   Ids prompt = tok->encode(a.prompt, true, tok->info().add_bos);
   if (prompt.empty()) {
     fmt::print(stderr, "error: the prompt is empty\n");
     return 1;
   }
-  const int32_t max_pos = m->weights->config.max_pos;
-  eo.ctx_size = a.ctx > 0 ? a.ctx : std::min<int32_t>(max_pos, std::max<int32_t>(4096, static_cast<int32_t>(prompt.size()) + a.n + 1));
+  // The model's limit: max_pos, or a sliding attention window (capped with a warning; a --ctx
+  // beyond it is refused).
+  auto limit = context_size(m->weights->config, a.ctx);
+  if (!limit) {
+    fmt::print(stderr, "error: {}\n", limit.error().message);
+    return 1;
+  }
+  eo.ctx_size = a.ctx > 0 ? a.ctx : std::min<int32_t>(*limit, std::max<int32_t>(4096, static_cast<int32_t>(prompt.size()) + a.n + 1));
   if (!a.draft.empty()) {
     auto d = load_or_report(a.draft);
     if (!d) return 1;
@@ -147,8 +151,7 @@ CommandRegistrar reg("run", "Generate text from a prompt (streams to stdout, the
   app.add_option("-c,--ctx", a->ctx, "Context size in tokens (0 = enough for prompt + n, at least 4096)");
   app.add_option("--precision", a->precision, "Matmul precision for prompt batches: f32 (exact) or bf16 (faster)")
       ->check(CLI::IsMember({"f32", "bf16"}))->capture_default_str();
-  app.add_option("--kv-type", a->kv_type, "KV cache storage: f32 (exact) or q8_0 (3.8x smaller)")
-      ->check(CLI::IsMember({"f32", "q8_0"}))->capture_default_str();
+  add_kv_type_option(app, a->kv_type, "KV cache storage: f32 is exact, q8_0 3.8x smaller");
   app.add_option("--draft", a->draft, "Draft model for speculative decoding (same vocabulary)");
   app.add_flag("--lookup", a->lookup, "Prompt-lookup (n-gram) speculative decoding");
   app.add_option("--max-draft", a->max_draft, "Longest speculative proposal")->capture_default_str();

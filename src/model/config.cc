@@ -1,6 +1,10 @@
 #include "model/config.h"
 
+#include <algorithm>
+#include <climits>
+
 #include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
 
 namespace merlin {
 
@@ -30,7 +34,29 @@ Status ModelConfig::validate() const {
   if (n_ff <= 0 || n_ff > (1 << 20)) return bad(fmt::format("intermediate_size {} out of range", n_ff));
   if (!(rms_eps > 0) || !(rope_theta > 0)) return bad("rms_norm_eps and rope_theta must be positive");
   if (max_pos <= 0) return bad("max_position_embeddings must be positive");
+  if (sliding_window < 0) return bad(fmt::format("sliding_window {} is negative", sliding_window));
   return Status::Ok();
+}
+
+int32_t ModelConfig::max_context() const {
+  return sliding_window > 0 ? std::min(max_pos, sliding_window) : max_pos;
+}
+
+Result<int32_t> context_size(const ModelConfig& c, int32_t requested) {
+  if (requested > 0) {
+    if (c.sliding_window > 0 && requested > c.sliding_window)
+      return Errf(Code::kInvalidArgument,
+                  "a context of {} tokens is longer than the model's sliding attention window ({} tokens); "
+                  "Merlin computes full attention, which matches this model only within the window: "
+                  "use a context of at most {}",
+                  requested, c.sliding_window, c.sliding_window);
+    return requested;
+  }
+  if (c.max_context() < c.max_pos)
+    spdlog::warn("the model attends over a sliding window of {} tokens; Merlin computes full attention, "
+                 "so the context is capped at {} tokens (max_position_embeddings is {})",
+                 c.sliding_window, c.max_context(), c.max_pos);
+  return c.max_context();
 }
 
 Result<ModelConfig> parse_hf_config(const std::string& text, const std::string& path) {
@@ -57,7 +83,15 @@ Result<ModelConfig> parse_hf_config(const std::string& text, const std::string& 
     return Errf(Code::kCorrupt, "{}: tie_word_embeddings must be a boolean", path);
   c.qkv_bias = mt == "qwen2" || (j.contains("attention_bias") && j["attention_bias"].is_boolean() &&
                                  j["attention_bias"].get<bool>());
-  if (j.contains("sliding_window") && j["sliding_window"].is_number()) c.sliding_window = j["sliding_window"].get<int>();
+  // sliding_window: null or absent means none; Qwen2 configs often carry one that
+  // use_sliding_window: false turns off.
+  if (j.contains("sliding_window") && j["sliding_window"].is_number()) {
+    const double w = j["sliding_window"].get<double>();
+    if (!(w >= 0 && w <= INT32_MAX)) return Errf(Code::kCorrupt, "{}: sliding_window {} out of range", path, w);
+    c.sliding_window = static_cast<int32_t>(w);
+  }
+  if (j.contains("use_sliding_window") && j["use_sliding_window"].is_boolean() && !j["use_sliding_window"].get<bool>())
+    c.sliding_window = 0;
 
   // Rope parameters: transformers >= 4.5x writes `rope_parameters` (with rope_theta inside);
   // older configs write `rope_scaling` and a top-level rope_theta.

@@ -33,11 +33,23 @@ struct ModelConfig {
   std::vector<float> rope_freq_factors;
   bool tie_embeddings = false;
   bool qkv_bias = false;                    // Qwen2 (and attention_bias: true)
-  int32_t sliding_window = 0;               // informational; 0 = none
+  // Tokens each query attends to when the model was trained with sliding-window attention
+  // (HF sliding_window unless use_sliding_window is false, as Qwen2 configs often say; GGUF
+  // <arch>.attention.sliding_window); 0 = full attention. Merlin's forward pass always attends
+  // to every earlier token, so it matches such a model only within the window: see
+  // context_size().
+  int32_t sliding_window = 0;
 
   // Checks the numbers are consistent and in sane ranges (hostile configs).
   Status validate() const;
+  // The longest context Merlin runs this model at exactly: max_pos, capped at sliding_window.
+  int32_t max_context() const;
 };
+
+// The context size to run `c` at when `requested` tokens were asked for (0: as long as the model
+// allows). A sliding window shorter than max_pos is never ignored: the default is capped at the
+// window (logged as a warning), and an explicit request longer than the window is refused.
+Result<int32_t> context_size(const ModelConfig& c, int32_t requested);
 
 // Parses config.json text; `path` is only used in error messages.
 Result<ModelConfig> parse_hf_config(const std::string& json_text, const std::string& path);

@@ -1,5 +1,7 @@
 #include "model/kv_cache.h"
 
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 
 #include "kernels/quant.h"
@@ -13,13 +15,23 @@ Status KvCache::supported_type(const ModelConfig& c, DType type) {
       return {Code::kUnsupported, fmt::format("q8_0 KV cache needs head_dim to be a multiple of 32 (it is {})", c.head_dim)};
     return Status::Ok();
   }
-  return {Code::kUnsupported, fmt::format("KV cache type {} is not supported (f32, q8_0)", dtype_name(type))};
+  return {Code::kUnsupported, fmt::format("KV cache type {} is not supported ({})", dtype_name(type), kv_type_names())};
 }
+
+namespace {
+DType checked_type(const ModelConfig& c, DType type) {
+  if (auto st = KvCache::supported_type(c, type); !st.ok()) {
+    std::fprintf(stderr, "KvCache: %s (callers must check KvCache::supported_type)\n", st.message.c_str());
+    std::abort();
+  }
+  return type;
+}
+}  // namespace
 
 KvCache::KvCache(const ModelConfig& c, int32_t n_blocks, int32_t block_size, DType type)
     : n_blocks_(n_blocks),
       block_size_(block_size),
-      type_(supported_type(c, type).ok() ? type : DType::F32),
+      type_(checked_type(c, type)),
       row_(static_cast<int64_t>(c.n_head_kv) * c.head_dim),
       slot_bytes_(row_bytes(type_, row_)) {
   const size_t n = static_cast<size_t>(n_blocks) * block_size * slot_bytes_;
@@ -52,5 +64,7 @@ std::optional<DType> kv_type_from_name(const std::string& name) {
   if (name == "q8_0") return DType::Q8_0;
   return std::nullopt;
 }
+
+const char* kv_type_names() { return "f32, q8_0"; }
 
 }  // namespace merlin

@@ -18,9 +18,10 @@ namespace merlin {
 
 class KvCache {
  public:
-  // `type` F32 or Q8_0. Q8_0 needs head_dim % 32 == 0 (each head starts a block); when
-  // supported_type() refuses, the cache stores f32 instead (type() tells), so a caller that
-  // skipped the check still gets a working cache.
+  // `type` F32 or Q8_0; Q8_0 needs head_dim % 32 == 0 (each head starts a block). Callers check
+  // supported_type() first and report its message (Engine::create, the CLI's --kv-type): an
+  // unsupported type is refused, never replaced by f32, so constructing with one is a bug and
+  // aborts.
   KvCache(const ModelConfig& c, int32_t n_blocks, int32_t block_size, DType type = DType::F32);
   static Status supported_type(const ModelConfig& c, DType type);
 
@@ -62,5 +63,7 @@ class KvCache {
 
 // Parses "f32" / "q8_0" (the --kv-type flag); nullopt otherwise.
 std::optional<DType> kv_type_from_name(const std::string& name);
+// The names kv_type_from_name accepts, for messages: "f32, q8_0".
+const char* kv_type_names();
 
 }  // namespace merlin
