@@ -1,13 +1,16 @@
 // merlin bench: prompt-processing (pp) and generation (tg) throughput, like llama-bench, with two
 // baselines measured in the same run: the machine's memory read bandwidth (tg reads every weight
 // once per token) and OpenBLAS sgemm on the model's own matmul shapes (pp is matmul-bound).
-#include <cblas.h>
-#include <omp.h>
+// OpenBLAS is loaded with dlopen when the baseline is measured, so the merlin binary (which is
+// also the server) does not link it; without it the baseline says "OpenBLAS not found".
+#include <dlfcn.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <random>
 
 #include <fmt/core.h>
@@ -18,8 +21,6 @@
 #include "core/cpu.h"
 #include "core/memory.h"
 #include "engine/engine.h"
-
-extern "C" void openblas_set_num_threads(int);
 
 namespace merlin::cli {
 namespace {
@@ -83,9 +84,48 @@ struct Shape {
   int64_t n, k, count;
 };
 
-double blas_seconds(const std::vector<Shape>& shapes, int64_t m, int threads) {
-  openblas_set_num_threads(threads);
-  omp_set_num_threads(threads);
+// The few OpenBLAS entry points the baseline calls, resolved at run time. Debian's
+// libopenblas0-openmp is looked for first (its own directory, so the BLAS alternatives cannot
+// swap in another implementation), then any libopenblas.so.0; MERLIN_OPENBLAS names the library
+// to use instead.
+struct OpenBlas {
+  // cblas_sgemm with CBLAS's enum values as ints (32-bit blasint, as Debian's libopenblas0).
+  using Sgemm = void (*)(int order, int trans_a, int trans_b, int m, int n, int k, float alpha, const float* a,
+                         int lda, const float* b, int ldb, float beta, float* c, int ldc);
+  static constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112;
+  Sgemm sgemm = nullptr;
+  void (*set_num_threads)(int) = nullptr;
+  void (*omp_set_num_threads)(int) = nullptr;  // the OpenMP runtime OpenBLAS brought in, if any
+  std::string path;
+};
+
+const OpenBlas* open_blas() {
+  static const std::optional<OpenBlas> lib = []() -> std::optional<OpenBlas> {
+    std::vector<std::string> paths;
+    if (const char* env = std::getenv("MERLIN_OPENBLAS"); env && *env) paths = {env};
+    else paths = {"/usr/lib/x86_64-linux-gnu/openblas-openmp/libopenblas.so.0", "libopenblas.so.0", "libopenblas.so"};
+    for (const auto& p : paths) {
+      void* h = dlopen(p.c_str(), RTLD_NOW | RTLD_LOCAL);
+      if (!h) continue;
+      OpenBlas b;
+      b.sgemm = reinterpret_cast<OpenBlas::Sgemm>(dlsym(h, "cblas_sgemm"));
+      b.set_num_threads = reinterpret_cast<void (*)(int)>(dlsym(h, "openblas_set_num_threads"));
+      b.omp_set_num_threads = reinterpret_cast<void (*)(int)>(dlsym(h, "omp_set_num_threads"));
+      if (!b.sgemm || !b.set_num_threads) {
+        dlclose(h);
+        continue;
+      }
+      b.path = p;
+      return b;
+    }
+    return std::nullopt;
+  }();
+  return lib ? &*lib : nullptr;
+}
+
+double blas_seconds(const OpenBlas& blas, const std::vector<Shape>& shapes, int64_t m, int threads) {
+  blas.set_num_threads(threads);
+  if (blas.omp_set_num_threads) blas.omp_set_num_threads(threads);
   double total = 0;
   std::mt19937 rng(1);
   std::uniform_real_distribution<float> u(-1, 1);
@@ -96,9 +136,9 @@ double blas_seconds(const std::vector<Shape>& shapes, int64_t m, int threads) {
     std::vector<double> runs;
     for (int r = 0; r < 3; ++r) {
       double t0 = now_s();
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(m), static_cast<int>(s.n),
-                  static_cast<int>(s.k), 1.0f, a.data(), static_cast<int>(s.k), b.data(), static_cast<int>(s.k), 0.0f,
-                  c.data(), static_cast<int>(s.n));
+      blas.sgemm(OpenBlas::kRowMajor, OpenBlas::kNoTrans, OpenBlas::kTrans, static_cast<int>(m), static_cast<int>(s.n),
+                 static_cast<int>(s.k), 1.0f, a.data(), static_cast<int>(s.k), b.data(), static_cast<int>(s.k), 0.0f,
+                 c.data(), static_cast<int>(s.n));
       runs.push_back(now_s() - t0);
     }
     total += median(runs) * s.count;
@@ -115,12 +155,13 @@ int run(const Args& a) {
   Model model(m->weights);
   const int32_t bs = 16, V = c.n_vocab;
   const int32_t ctx = a.pp + a.tg + 16;
-  const DType kv_type = kv_type_from_name(a.kv_type).value_or(DType::F32);
-  if (auto st = KvCache::supported_type(c, kv_type); !st.ok()) {
-    fmt::print(stderr, "error: {}\n", st.message);
+  if (auto st = context_size(c, ctx); !st) {  // a sliding attention window shorter than pp + tg
+    fmt::print(stderr, "error: -p + -n: {}\n", st.error().message);
     return 1;
   }
-  KvCache kv(c, (ctx + bs - 1) / bs, bs, kv_type);
+  const auto kv_type = kv_type_or_report(a.kv_type, c);
+  if (!kv_type) return 1;
+  KvCache kv(c, (ctx + bs - 1) / bs, bs, *kv_type);
   std::vector<int32_t> table(kv.n_blocks());
   for (int32_t i = 0; i < kv.n_blocks(); ++i) table[i] = i;
   ForwardOptions fo;
@@ -186,10 +227,15 @@ int run(const Args& a) {
                                {c.n_ff, E, 2 * c.n_layer}, {E, c.n_ff, c.n_layer}};
   double flops = 0;
   for (auto& s : shapes) flops += 2.0 * a.pp * s.n * s.k * s.count;
-  fmt::print(stderr, "measuring OpenBLAS sgemm on the same shapes ...\n");
-  const double blas_t = blas_seconds(shapes, a.pp, threads);
-  const double our_gflops = flops / pp_t / 1e9, blas_gflops = flops / blas_t / 1e9;
-  const double pp_blas_fraction = our_gflops / blas_gflops;
+  const double our_gflops = flops / pp_t / 1e9;
+  std::optional<double> blas_gflops, pp_blas_fraction;  // empty without OpenBLAS
+  if (const OpenBlas* blas = open_blas()) {
+    fmt::print(stderr, "measuring OpenBLAS sgemm ({}) on the same shapes ...\n", blas->path);
+    blas_gflops = flops / blas_seconds(*blas, shapes, a.pp, threads) / 1e9;
+    pp_blas_fraction = our_gflops / *blas_gflops;
+  } else {
+    fmt::print(stderr, "OpenBLAS not found (install libopenblas0-openmp, or set MERLIN_OPENBLAS): no pp baseline\n");
+  }
 
   // Speculative decoding: the same greedy requests through the engine with and without
   // proposals, in one run. "code": the reference prompts continued for tg tokens; "edit": the
@@ -199,7 +245,7 @@ int run(const Args& a) {
     EngineOptions eo;
     eo.n_threads = threads;
     eo.max_running = std::max(1, a.spec_concurrency);
-    eo.ctx_size = std::min<int32_t>(c.max_pos, 4096);
+    eo.ctx_size = std::min<int32_t>(c.max_context(), 4096);
     if (!a.draft.empty()) {
       auto d = load_or_report(a.draft);
       if (!d) return 1;
@@ -302,14 +348,18 @@ int run(const Args& a) {
                       }()},
                      {"tg_runs_bw_fraction", fractions},
                      {"pp_gflops", our_gflops},
-                     {"blas_gflops", blas_gflops},
-                     {"pp_blas_fraction", pp_blas_fraction}};
+                     {"blas_gflops", blas_gflops ? nlohmann::json(*blas_gflops) : nlohmann::json()},
+                     {"pp_blas_fraction", pp_blas_fraction ? nlohmann::json(*pp_blas_fraction) : nlohmann::json()}};
     if (!spec_j.is_null()) j["speculative"] = spec_j;
     fmt::print("{}\n", j.dump());
   } else {
     fmt::print("| model | threads | test | tokens/s | baseline |\n|---|---|---|---|---|\n");
-    fmt::print("| {} | {} | pp{} ({}) | {:.1f} | {:.1f} GFLOP/s = {:.0f}% of OpenBLAS sgemm ({:.1f} GFLOP/s) |\n", m->name,
-               threads, a.pp, a.precision, pp_tps, our_gflops, 100 * pp_blas_fraction, blas_gflops);
+    if (blas_gflops)
+      fmt::print("| {} | {} | pp{} ({}) | {:.1f} | {:.1f} GFLOP/s = {:.0f}% of OpenBLAS sgemm ({:.1f} GFLOP/s) |\n", m->name,
+                 threads, a.pp, a.precision, pp_tps, our_gflops, 100 * *pp_blas_fraction, *blas_gflops);
+    else
+      fmt::print("| {} | {} | pp{} ({}) | {:.1f} | {:.1f} GFLOP/s; OpenBLAS not found |\n", m->name, threads, a.pp,
+                 a.precision, pp_tps, our_gflops);
     fmt::print("| {} | {} | tg{} | {:.1f} | {:.2f} GB/s of weights = {:.0f}% of the read bandwidth probed around each run ({:.1f} GB/s, range {:.1f}-{:.1f}) |\n",
                m->name, threads, a.tg, tg_tps, wbytes * tg_tps / 1e9, 100 * tg_bw_fraction, bw / 1e9,
                *std::min_element(probes.begin(), probes.end()) / 1e9, *std::max_element(probes.begin(), probes.end()) / 1e9);
@@ -334,7 +384,7 @@ CommandRegistrar reg("bench", "Benchmark prompt processing and generation agains
   app.add_option("--precision", a->precision, "Matmul precision for pp: f32 (exact) or bf16")
       ->check(CLI::IsMember({"f32", "bf16"}))->capture_default_str();
   app.add_option("--draft", a->draft, "Also measure speculative generation with this draft model");
-  app.add_option("--kv-type", a->kv_type, "KV cache storage for pp/tg: f32 or q8_0")->check(CLI::IsMember({"f32", "q8_0"}));
+  add_kv_type_option(app, a->kv_type, "KV cache storage for pp/tg");
   app.add_flag("--lookup", a->lookup, "Also measure speculative generation with prompt lookup");
   app.add_option("--spec-task", a->spec_task, "Speculation workload: code (continue code prompts) or edit (rewrite a function with a small change)")
       ->check(CLI::IsMember({"code", "edit"}))->capture_default_str();

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 
 #include "../test_util.h"
@@ -81,6 +82,55 @@ TEST(Cli, BadInputGivesMessageAndNonZeroExit) {
   EXPECT_EQ(rc, 0);
   for (const char* f : {"--temp", "--top-k", "--top-p", "--seed", "--ignore-eos", "--threads", "--json", "--draft", "--lookup"})
     EXPECT_NE(out.find(f), std::string::npos) << f;
+}
+
+// --kv-type: an unknown value is a usage error naming it and the supported types, never f32.
+TEST(Cli, UnsupportedKvTypeIsAnError) {
+  for (const char* cmd : {"run -p hi -n 1", "bench -p 16 -n 1 -r 1"}) {
+    int rc = 0;
+    auto out = test::run_cmd(bin() + " " + cmd + " -m " + q(test::model_dir()) + " --kv-type q4_0 2>&1", &rc);
+    EXPECT_NE(rc, 0) << cmd << "\n" << out;
+    EXPECT_NE(out.find("'q4_0' is not a KV cache type Merlin supports (f32, q8_0)"), std::string::npos) << cmd << "\n" << out;
+  }
+}
+
+// merlin bench loads OpenBLAS at run time (the binary does not link it); without it the pp
+// baseline says so instead of failing.
+TEST(Cli, BenchWithoutOpenBlasSaysSo) {
+  int rc = 0;
+  auto out = test::run_cmd("MERLIN_OPENBLAS=/nonexistent/libopenblas.so.0 " + bin() + " bench -m " + q(test::model_dir()) +
+                               " -p 16 -n 2 -r 1 --threads 2 2>&1", &rc);
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_NE(out.find("OpenBLAS not found |"), std::string::npos) << out;
+}
+
+// A sliding window shorter than max_position_embeddings caps the default context (with a
+// warning) and refuses a longer --ctx; use_sliding_window: false turns it off.
+TEST(Cli, SlidingWindowCapsOrRefusesTheContext) {
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::path(test::temp_dir("sliding")) / "model";
+  fs::create_directories(dir);
+  for (const char* f : {"model.safetensors", "tokenizer.json"}) {
+    fs::remove(dir / f);
+    fs::create_symlink(fs::path(test::model_dir()) / f, dir / f);
+  }
+  auto cfg = nlohmann::json::parse(std::ifstream(fs::path(test::model_dir()) / "config.json"));
+  cfg["sliding_window"] = 512;
+  std::ofstream(dir / "config.json") << cfg.dump();
+  int rc = 0;
+  auto out = test::run_cmd(bin() + " run -m " + q(dir.string()) + " -p hi -n 2 --temp 0 --ignore-eos --threads 2 2>&1", &rc);
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_NE(out.find("sliding window of 512 tokens"), std::string::npos) << out;
+  EXPECT_NE(out.find("ctx 512"), std::string::npos) << out;
+  out = test::run_cmd(bin() + " run -m " + q(dir.string()) + " --ctx 1024 -p hi -n 2 --temp 0 2>&1", &rc);
+  EXPECT_NE(rc, 0) << out;
+  EXPECT_NE(out.find("longer than the model's sliding attention window (512 tokens)"), std::string::npos) << out;
+  cfg["use_sliding_window"] = false;
+  std::ofstream(dir / "config.json") << cfg.dump();
+  out = test::run_cmd(bin() + " run -m " + q(dir.string()) + " --ctx 1024 -p hi -n 2 --temp 0 --threads 2 2>&1", &rc);
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_EQ(out.find("sliding window of"), std::string::npos) << out;
+  fs::remove_all(dir.parent_path());
 }
 
 }  // namespace
