@@ -12,6 +12,15 @@
 namespace merlin::test {
 
 inline std::string source_dir() { return MERLIN_SOURCE_DIR; }
+// The shared data folder (llama.cpp-written GGUF files, vocab vectors, ...): `shared` beside the
+// checkout, as on the development machines and in CI. Small data is copied into tests/data.
+inline std::string shared_dir() { return source_dir() + "/../shared"; }
+// MERLIN_NO_SKIP=1 (set by .ci/run) turns a skip for missing test data into a failure, so that
+// CI cannot pass without running the compatibility tests.
+inline bool no_skip() {
+  const char* v = std::getenv("MERLIN_NO_SKIP");
+  return v && *v && std::string(v) != "0";
+}
 inline std::string model_dir(const std::string& which = "target") {
   return source_dir() + "/models/tiny-coder-" + which;
 }
@@ -63,3 +72,14 @@ inline std::string temp_dir(const std::string& name) {
 }
 
 }  // namespace merlin::test
+
+// Skips the test when `path` (test data) is absent; fails instead under MERLIN_NO_SKIP.
+#define MERLIN_REQUIRE_DATA(path)                                                                \
+  do {                                                                                           \
+    const std::string merlin_data_path_ = (path);                                                \
+    if (!std::filesystem::exists(merlin_data_path_)) {                                           \
+      if (::merlin::test::no_skip())                                                             \
+        FAIL() << merlin_data_path_ << " is absent and MERLIN_NO_SKIP is set (CI runs every test)"; \
+      GTEST_SKIP() << merlin_data_path_ << " is absent";                                         \
+    }                                                                                            \
+  } while (0)

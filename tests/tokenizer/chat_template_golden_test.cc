@@ -106,7 +106,8 @@ INSTANTIATE_TEST_SUITE_P(All, ChatTemplateGolden, ::testing::ValuesIn(template_n
                          });
 
 TEST(ChatTemplateGoldenSet, AllTemplatesPresent) {
-  // The 68 templates of /work/shared/chat-templates (its README says 69; the folder has 68).
+  // The 68 templates of ../shared/chat-templates, copied into tests/data/chat-templates (its
+  // README says 69; the folder has 68).
   EXPECT_EQ(template_names().size(), 68u);
 }
 
