@@ -9,6 +9,7 @@ const char* code_name(Code c) {
     case Code::kCorrupt: return "corrupt";
     case Code::kUnsupported: return "unsupported";
     case Code::kOutOfMemory: return "out_of_memory";
+    case Code::kOverloaded: return "overloaded";
     case Code::kCancelled: return "cancelled";
     case Code::kInternal: return "internal";
   }

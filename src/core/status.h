@@ -17,6 +17,7 @@ enum class Code {
   kUnsupported,       // valid input that Merlin does not handle (architecture, dtype)
   kOutOfMemory,       // KV blocks or memory exhausted
   kCancelled,
+  kOverloaded,        // a bounded queue is full; the caller may retry later
   kInternal,
 };
 

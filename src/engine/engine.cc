@@ -22,6 +22,7 @@ const char* finish_reason_name(FinishReason r) {
     case FinishReason::kCancelled: return "cancelled";
     case FinishReason::kError: return "error";
     case FinishReason::kTimeBudget: return "time_budget";
+    case FinishReason::kTimeout: return "timeout";
   }
   return "?";
 }
@@ -54,7 +55,7 @@ Result<std::unique_ptr<Engine>> Engine::create(LoadedModel model, EngineOptions 
   if (opt.max_running <= 0) return Err(Code::kInvalidArgument, "--parallel must be at least 1");
   if (opt.block_size <= 0 || opt.block_size > 1024) return Err(Code::kInvalidArgument, "block size out of range");
   if (opt.max_batch_tokens < 16) opt.max_batch_tokens = 16;
-  MERLIN_TRY(ctx, context_size(c, opt.ctx_size));  // max_pos, or capped at a sliding window
+  int32_t ctx = opt.ctx_size > 0 ? opt.ctx_size : c.max_pos;
   if (ctx < 16) return Err(Code::kInvalidArgument, "context size must be at least 16 tokens");
   // An unsupported KV type is refused, not silently replaced by f32.
   if (auto st = KvCache::supported_type(c, opt.kv_type); !st.ok()) return std::unexpected(st);
@@ -79,6 +80,7 @@ Result<std::unique_ptr<Engine>> Engine::create(LoadedModel model, EngineOptions 
   I.model = std::make_unique<Model>(e->model_.weights);
   I.kv = std::make_unique<KvCache>(e->config(), n_blocks, o.block_size, o.kv_type);
   I.blocks = std::make_unique<BlockPool>(n_blocks, o.block_size);
+  I.n_blocks = n_blocks;
   e->metrics_.kv_blocks_total = n_blocks;
   // Always present: prompt lookup needs no model, and requests may turn it on per request.
   I.spec = std::make_unique<Speculator>(o.draft, ctx, o.max_running, o.block_size, o.precision);
@@ -112,6 +114,16 @@ Result<std::unique_ptr<RequestStream>> Engine::submit(GenerationRequest req) {
   if (static_cast<int64_t>(req.prompt.size()) + req.max_tokens > ctx_size_)
     return Errf(Code::kInvalidArgument, "prompt ({} tokens) + max_tokens ({}) exceeds the context size ({})",
                 req.prompt.size(), req.max_tokens, ctx_size_);
+  {
+    // Every block but one can hold this request's tokens; a request that needs more could
+    // never be admitted, so it is refused now rather than left waiting.
+    const int64_t need = (static_cast<int64_t>(req.prompt.size()) + req.max_tokens + opt_.block_size - 1) / opt_.block_size;
+    if (need > impl_->n_blocks - 1)
+      return Errf(Code::kInvalidArgument, "prompt ({} tokens) + max_tokens ({}) needs {} KV blocks; the cache has {}",
+                  req.prompt.size(), req.max_tokens, need, impl_->n_blocks - 1);
+  }
+  const int prio = static_cast<int>(req.priority);
+  if (prio < 0 || prio > 2) return Err(Code::kInvalidArgument, "unknown priority");
   auto stream = std::unique_ptr<RequestStream>(new RequestStream());
   stream->shared_ = std::make_shared<RequestStream::Shared>();
   stream->id_ = impl_->next_id.fetch_add(1);
@@ -121,6 +133,10 @@ Result<std::unique_ptr<RequestStream>> Engine::submit(GenerationRequest req) {
   {
     std::lock_guard lk(impl_->mu);
     if (impl_->stop) return Err(Code::kCancelled, "the server is shutting down");
+    if (opt_.max_queue > 0 && impl_->queued[prio].load() >= opt_.max_queue)
+      return Errf(Code::kOverloaded, "the {} queue is full ({} requests waiting)",
+                  prio == 0 ? "completion" : prio == 1 ? "chat" : "batch", opt_.max_queue);
+    impl_->queued[prio].fetch_add(1);
     impl_->live[stream->id_] = stream->shared_;
     impl_->inbox.push_back(std::move(seq));
   }
@@ -128,6 +144,8 @@ Result<std::unique_ptr<RequestStream>> Engine::submit(GenerationRequest req) {
   impl_->cv.notify_all();
   return stream;
 }
+
+int32_t Engine::queued(Priority p) const { return impl_->queued[static_cast<int>(p)].load(); }
 
 void Engine::cancel(uint64_t id) {
   // Requests are cancelled through their shared state; the loop notices at its next step.

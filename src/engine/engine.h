@@ -24,8 +24,9 @@ namespace merlin {
 // Lower value = scheduled first. Interactive code completion runs ahead of chat and batch work.
 enum class Priority : int32_t { kCompletion = 0, kChat = 1, kBatch = 2 };
 
-enum class FinishReason { kNone, kStop, kLength, kCancelled, kError, kTimeBudget };
-const char* finish_reason_name(FinishReason r);  // "stop", "length", "cancelled", "error", "time_budget"
+enum class FinishReason { kNone, kStop, kLength, kCancelled, kError, kTimeBudget, kTimeout };
+// "stop", "length", "cancelled", "error", "time_budget", "timeout"
+const char* finish_reason_name(FinishReason r);
 
 struct SpecOptions {
   bool use_draft = true;     // only effective when the engine has a draft model
@@ -54,6 +55,9 @@ struct GenerationRequest {
   std::string client_id;               // cancel-on-keystroke: a new completion of the same
   bool supersede_same_client = false;  //   client cancels its unfinished one when this is set
   std::optional<double> time_budget_ms;  // stop generating after this long (FIM editors)
+  // Whole-request limit from arrival (queueing included): past it the request ends with
+  // FinishReason::kTimeout, whatever it has generated so far in its final event.
+  std::optional<double> timeout_ms;
   std::optional<SpecOptions> spec;     // none: engine default
   // FIM: stop when the generated text reproduces the start of this (the suffix's next line).
   std::string stop_at_suffix_line;
@@ -75,6 +79,8 @@ struct StreamEvent {
   FinishReason finish = FinishReason::kNone;
   std::string error;                   // set when finish == kError
   Usage usage;                         // filled on the final event
+  uint64_t step = 0;                   // the engine step (EngineMetrics::steps) that produced it
+  double queue_ms = 0;                 // on the final event: arrival to first scheduled step
   double ttft_ms = 0;                  // on the final event
   double e2e_ms = 0;
 };
@@ -113,6 +119,12 @@ struct EngineOptions {
   int32_t block_size = 16;
   int32_t max_batch_tokens = 256;      // tokens per step: prompt chunks are cut to fit
   bool prefix_cache = true;
+  // Requests waiting for admission per priority lane beyond which submit() refuses with
+  // Code::kOverloaded (the server answers 429 / 529). 0: unbounded.
+  int32_t max_queue = 0;
+  // While completion requests keep arriving, chat and batch sequences wait; after this long
+  // one step runs every lane together, so they advance instead of starving.
+  double lane_max_pause_ms = 500;
   Precision precision = Precision::kF32;
   DType kv_type = DType::F32;          // KV cache storage: F32 or Q8_0 (--kv-type)
   std::shared_ptr<const ModelWeights> draft;  // optional draft model (same vocabulary)
@@ -125,8 +137,9 @@ class Engine {
   static Result<std::unique_ptr<Engine>> create(LoadedModel model, EngineOptions opt);
   ~Engine();  // stops the thread; unfinished requests end with FinishReason::kCancelled
 
-  // Thread-safe. Invalid requests (empty prompt, prompt + max_tokens beyond the context) are
-  // refused here with kInvalidArgument, before any work.
+  // Thread-safe. Invalid requests (empty prompt, prompt + max_tokens beyond the context or the
+  // KV cache) are refused here with kInvalidArgument, before any work; a request beyond a full
+  // lane's queue (EngineOptions::max_queue) with kOverloaded.
   Result<std::unique_ptr<RequestStream>> submit(GenerationRequest req);
   void cancel(uint64_t id);
   // Ends every request (final event with kCancelled) and stops accepting new ones.
@@ -139,6 +152,8 @@ class Engine {
   EngineMetrics& metrics() { return metrics_; }
   const EngineOptions& options() const { return opt_; }
   bool has_draft() const { return opt_.draft != nullptr; }
+  // Requests submitted at `p` and not yet admitted to the running batch.
+  int32_t queued(Priority p) const;
 
  private:
   Engine(LoadedModel model, EngineOptions opt);

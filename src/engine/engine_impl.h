@@ -22,10 +22,13 @@ struct Engine::Impl {
   bool stop = false;                            // guarded by mu
   std::unordered_map<uint64_t, std::weak_ptr<RequestStream::Shared>> live;  // guarded by mu
   std::atomic<uint64_t> next_id{1};
+  std::atomic<int32_t> queued[3] = {0, 0, 0};  // per Priority: submitted, not yet admitted
+  int32_t n_blocks = 0;
 
   // Engine thread only:
   std::vector<std::unique_ptr<Sequence>> waiting, running;
   std::vector<float> logits;
+  std::chrono::steady_clock::time_point lower_since{};  // lower lanes waiting on a higher one since
 
   // The scheduling loop's pieces (engine_loop.cc).
   void step(Engine& e);

@@ -86,6 +86,10 @@ void Engine::Impl::step(Engine& e) {
     if (spec) spec->release(s);
   };
   auto finish_seq = [&](Sequence& s) {
+    if (!s.scheduled_once) {
+      s.scheduled_once = true;  // leaves the queue
+      queued[static_cast<int>(s.req.priority)].fetch_sub(1);
+    }
     release_blocks(s);
     s.send(s.final_event());
     s.out->finished.store(true);
@@ -104,6 +108,8 @@ void Engine::Impl::step(Engine& e) {
       if (s.finish == FinishReason::kNone && s.req.time_budget_ms && s.n_generated > 0 &&
           secs(now - s.t_first_token) * 1000.0 > *s.req.time_budget_ms)
         s.finish = FinishReason::kTimeBudget;
+      if (s.finish == FinishReason::kNone && s.req.timeout_ms && secs(now - s.t_arrival) * 1000.0 > *s.req.timeout_ms)
+        s.finish = FinishReason::kTimeout;
       if (s.finish != FinishReason::kNone) {
         finish_seq(s);
         sp.reset();
@@ -121,9 +127,23 @@ void Engine::Impl::step(Engine& e) {
 
   // 2. The priority lane: while completion requests exist, only they are scheduled; the others
   // keep their KV blocks and resume afterwards.
-  Priority active = Priority::kBatch;
+  // A lower lane is never starved: once it has waited lane_max_pause_ms, one step takes every
+  // lane together (the completion requests still come first in it).
+  Priority active = Priority::kBatch, lowest = Priority::kCompletion;
   for (auto* list : {&running, &waiting})
-    for (auto& s : *list) active = std::min(active, s->req.priority);
+    for (auto& s : *list) {
+      active = std::min(active, s->req.priority);
+      lowest = std::max(lowest, s->req.priority);
+    }
+  if (lowest == active) {
+    lower_since = {};
+  } else if (lower_since == Clock::time_point{}) {
+    lower_since = now;
+  } else if (secs(now - lower_since) * 1000.0 >= opt.lane_max_pause_ms) {
+    active = lowest;
+    lower_since = now;
+    m.lane_yields++;
+  }
 
   std::sort(running.begin(), running.end(), [](auto& a, auto& b) {
     // Decoding sequences first (one token each), then prompt chunks; each group by priority.
@@ -136,6 +156,7 @@ void Engine::Impl::step(Engine& e) {
   std::vector<Planned> plan;
   int32_t budget = opt.max_batch_tokens;
   std::vector<Sequence*> preempted;
+  std::vector<std::unique_ptr<Sequence>> parked;  // out of the batch this step, blocks kept (3c)
 
   auto unplan = [&](Sequence* v) {
     for (size_t i = 0; i < plan.size(); ++i)
@@ -162,17 +183,32 @@ void Engine::Impl::step(Engine& e) {
         continue;
       }
       if (!may_preempt) return false;
+      // The lowest-ranked holder of blocks that ranks after s: a running sequence, or one
+      // waiting with its blocks kept (parked by the completion lane, or never finished).
       Sequence* victim = nullptr;
-      for (auto& r : running) {
-        Sequence* c = r.get();
-        if (c == &s || c->blocks.empty() ||
-            std::find(preempted.begin(), preempted.end(), c) != preempted.end())
-          continue;
-        if (!before(&s, c)) continue;  // only sequences that rank after s
-        if (!victim || before(victim, c)) victim = c;
-      }
+      bool victim_waiting = false;
+      for (auto* list : {&running, &waiting, &parked})
+        for (auto& r : *list) {
+          Sequence* c = r.get();
+          if (!c || c == &s || c->blocks.empty() ||
+              std::find(preempted.begin(), preempted.end(), c) != preempted.end())
+            continue;
+          if (!before(&s, c)) continue;  // only sequences that rank after s
+          if (!victim || before(victim, c)) {
+            victim = c;
+            victim_waiting = list != &running;
+          }
+        }
       if (!victim) return false;
-      preempt(victim);
+      if (victim_waiting) {
+        // Already out of the batch: give back its blocks (the full ones stay in the prefix
+        // cache, so resuming recomputes little) and let it be looked up again on admission.
+        release_blocks(*victim);
+        m.preemptions++;
+        spdlog::debug("preempted waiting request {} (KV blocks needed by request {})", victim->id, s.id);
+      } else {
+        preempt(victim);
+      }
     }
     return true;
   };
@@ -183,10 +219,10 @@ void Engine::Impl::step(Engine& e) {
   if (spec) {
     int32_t n_decoding = 0;
     for (auto& r : running)
-      if (r->req.priority == active && !r->in_prefill() && r->n_uncomputed() == 1) ++n_decoding;
+      if (r->req.priority <= active && !r->in_prefill() && r->n_uncomputed() == 1) ++n_decoding;
     for (auto& r : running) {
       Sequence& s = *r;
-      if (s.req.priority != active || s.in_prefill() || s.n_uncomputed() != 1) continue;
+      if (s.req.priority > active || s.in_prefill() || s.n_uncomputed() != 1) continue;
       s.spec_draft_now = s.spec.use_draft && n_decoding < s.spec.draft_max_batch;
       if (!s.spec_draft_now && !s.spec.use_lookup) continue;
       const int32_t room = std::min(s.req.max_tokens - s.n_generated - 1,
@@ -203,7 +239,7 @@ void Engine::Impl::step(Engine& e) {
   // 3b. Running sequences.
   for (auto& r : running) {
     Sequence& s = *r;
-    if (s.req.priority != active) continue;
+    if (s.req.priority > active) continue;
     if (std::find(preempted.begin(), preempted.end(), &s) != preempted.end()) continue;
     if (budget <= 0) break;
     Planned p;
@@ -235,10 +271,29 @@ void Engine::Impl::step(Engine& e) {
   }
 
   // 3c. Admission: waiting sequences join the running batch between steps.
+  // A request of the active lane that finds every slot taken parks the lowest-ranked running
+  // sequence of a lower lane: it leaves the batch with its KV blocks and resumes from them when
+  // the lane is idle again (or recomputes, if its blocks had to be given up meanwhile).
+  // Sequences preempted above leave the batch below, so their slots are free.
+  int32_t n_slots = static_cast<int32_t>(running.size() - preempted.size());
   for (auto& w : waiting) {
     Sequence& s = *w;
-    if (budget <= 0 || static_cast<int32_t>(running.size()) >= opt.max_running) break;
-    if (s.req.priority != active) break;
+    if (budget <= 0) break;
+    if (s.req.priority > active) break;
+    if (n_slots >= opt.max_running) {
+      std::unique_ptr<Sequence>* victim = nullptr;
+      for (auto& r : running)
+        if (r && r->req.priority > s.req.priority &&
+            std::find(preempted.begin(), preempted.end(), r.get()) == preempted.end() &&
+            (!victim || before(victim->get(), r.get())))
+          victim = &r;
+      if (!victim) break;
+      unplan(victim->get());
+      spdlog::debug("parked request {} for request {}", (*victim)->id, s.id);
+      m.parked++;
+      parked.push_back(std::move(*victim));
+      --n_slots;
+    }
     if (!s.looked_up) {
       s.looked_up = true;
       if (opt.prefix_cache) {
@@ -264,7 +319,7 @@ void Engine::Impl::step(Engine& e) {
     Planned p;
     p.s = &s;
     p.n_new = std::min(s.n_uncomputed(), budget);
-    if (!ensure_blocks(s, s.n_computed + p.n_new, false)) {
+    if (!ensure_blocks(s, s.n_computed + p.n_new, true)) {
       release_blocks(s);
       if (running.empty() && plan.empty()) {
         s.finish = FinishReason::kError;
@@ -274,6 +329,7 @@ void Engine::Impl::step(Engine& e) {
     }
     if (!s.scheduled_once) {
       s.scheduled_once = true;
+      queued[static_cast<int>(s.req.priority)].fetch_sub(1);
       s.t_first_sched = Clock::now();
       m.queue_s.observe(secs(s.t_first_sched - s.t_arrival));
     }
@@ -281,8 +337,11 @@ void Engine::Impl::step(Engine& e) {
     budget -= p.n_new;
     plan.push_back(std::move(p));
     running.push_back(std::move(w));
+    ++n_slots;
   }
   std::erase(waiting, nullptr);
+  std::erase(running, nullptr);
+  for (auto& v : parked) waiting.push_back(std::move(v));
   for (Sequence* v : preempted) {
     for (auto& r : running)
       if (r.get() == v) {
@@ -302,6 +361,7 @@ void Engine::Impl::step(Engine& e) {
   }
 
   // 4. One forward pass over every planned sequence.
+  const uint64_t step_no = ++m.steps;
   StepBatch batch;
   int32_t n_logits = 0;
   for (auto& p : plan) {
@@ -404,6 +464,7 @@ void Engine::Impl::step(Engine& e) {
       s.spec_len = accepted == k ? std::min(s.spec_len + 2, s.spec.max_draft) : std::max(1, accepted + 1);
     }
     if (spec) spec->rollback(s, s.n_computed);
+    ev.step = step_no;
     if (!ev.text.empty() || !ev.tokens.empty()) s.send(std::move(ev));
   }
 

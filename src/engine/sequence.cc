@@ -125,6 +125,8 @@ StreamEvent Sequence::final_event() {
   ev.usage.completion_tokens = n_generated;
   ev.usage.cached_tokens = cached_tokens;
   auto now = std::chrono::steady_clock::now();
+  if (scheduled_once && t_first_sched.time_since_epoch().count() != 0)
+    ev.queue_ms = std::chrono::duration<double, std::milli>(t_first_sched - t_arrival).count();
   if (n_generated > 0) ev.ttft_ms = std::chrono::duration<double, std::milli>(t_first_token - t_arrival).count();
   ev.e2e_ms = std::chrono::duration<double, std::milli>(now - t_arrival).count();
   return ev;
