@@ -239,6 +239,123 @@ void attention_fixed(const AttentionArgs& a, int64_t t, int32_t kvh, float* scor
   }
 }
 
+// The same computation as attention_fixed for `nt` consecutive tokens t0.. of one sequence and
+// one kv head, with each block of keys and values read from memory once for the whole tile
+// instead of once per token: a prompt chunk over a long context is bound by moving K and V
+// through the caches, not by arithmetic. Every (token, head) output goes through exactly the
+// operations of attention_fixed in the same order (scores per 16 keys, the max, exp and sum in
+// key order, the value FMA chain in key order), so results are bitwise identical to computing
+// the tokens one at a time: batch invariance holds.
+template <bool kQ8, int G, int NV>
+void attention_tile(const AttentionArgs& a, int64_t t0, int nt, int32_t kvh, float* scores) {
+  const int32_t d = NV * 16;
+  const auto K = KvRows<kQ8>::of(a, a.k, kvh, d), V = KvRows<kQ8>::of(a, a.v, kvh, d);
+  const bool contiguous16 = a.block_size % 16 == 0;
+  const int64_t keys_max = a.n_past + t0 + nt;  // the last token's keys
+  const int64_t pad_max = (keys_max + 15) / 16 * 16;
+  auto n_keys = [&](int t) { return a.n_past + t0 + t + 1; };
+  auto sc = [&](int t, int g) { return scores + (static_cast<int64_t>(t) * G + g) * pad_max; };
+  const __m512 scale = _mm512_set1_ps(a.scale);
+  // 1. Scores, 16 keys at a time; lanes past a token's last key are -inf.
+  for (int64_t j0 = 0; j0 < keys_max; j0 += 16) {
+    const int nk_max = static_cast<int>(std::min<int64_t>(16, keys_max - j0));
+    int64_t slots[16];
+    if (contiguous16) {
+      const int64_t base = kv_slot(a, j0);
+      for (int k = 0; k < 16; ++k) slots[k] = base + k;
+    } else {
+      for (int k = 0; k < nk_max; ++k) slots[k] = kv_slot(a, j0 + k);
+    }
+    for (int t = 0; t < nt; ++t) {
+      if (j0 >= n_keys(t)) continue;
+      const int nk = static_cast<int>(std::min<int64_t>(16, n_keys(t) - j0));
+      const float* qh = a.q + ((t0 + t) * a.n_head + kvh * G) * d;
+      __m512 q[G][NV];
+      for (int g = 0; g < G; ++g)
+        for (int i = 0; i < NV; ++i) q[g][i] = _mm512_loadu_ps(qh + g * d + 16 * i);
+#pragma GCC unroll 16
+      for (int g = 0; g < G; ++g) {
+        __m512 acc[16];
+        if (nk == 16) {
+#pragma GCC unroll 16
+          for (int k = 0; k < 16; ++k) {
+            acc[k] = _mm512_mul_ps(q[g][0], K.load(slots[k], 0));
+#pragma GCC unroll 16
+            for (int i = 1; i < NV; ++i) acc[k] = _mm512_fmadd_ps(q[g][i], K.load(slots[k], 16 * i), acc[k]);
+          }
+        } else {
+          for (int k = 0; k < 16; ++k) {
+            acc[k] = _mm512_setzero_ps();
+            if (k >= nk) continue;
+#pragma GCC unroll 16
+            for (int i = 0; i < NV; ++i) acc[k] = _mm512_fmadd_ps(q[g][i], K.load(slots[k], 16 * i), acc[k]);
+          }
+        }
+        __m512 s = _mm512_mul_ps(reduce16(acc), scale);
+        s = _mm512_mask_blend_ps(static_cast<__mmask16>(nk == 16 ? 0xffff : (1u << nk) - 1), _mm512_set1_ps(-INFINITY), s);
+        _mm512_storeu_ps(sc(t, g) + j0, s);
+      }
+    }
+  }
+  // 2. Softmax numerators and sums, per (token, head) as attention_fixed does them.
+  float inv[kAttentionTile][G];
+  for (int t = 0; t < nt; ++t) {
+    const int64_t n_pad = (n_keys(t) + 15) / 16 * 16;
+    for (int g = 0; g < G; ++g) {
+      float* row = sc(t, g);
+      __m512 mx = _mm512_set1_ps(-INFINITY);
+      for (int64_t j0 = 0; j0 < n_pad; j0 += 16) mx = _mm512_max_ps(mx, _mm512_loadu_ps(row + j0));
+      const __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
+      __m512 sum = _mm512_setzero_ps();
+      for (int64_t j0 = 0; j0 < n_pad; j0 += 16) {
+        __m512 e = exp512(_mm512_sub_ps(_mm512_loadu_ps(row + j0), m));
+        _mm512_storeu_ps(row + j0, e);
+        sum = _mm512_add_ps(sum, e);
+      }
+      inv[t][g] = 1.0f / _mm512_reduce_add_ps(sum);
+    }
+  }
+  // 3. Values: 32 keys' rows stay in L1 while every token of the tile takes them, each token's
+  // accumulators carried in key order across blocks.
+  alignas(64) float obuf[kAttentionTile][G][NV * 16];
+  for (int t = 0; t < nt; ++t)
+    for (int g = 0; g < G; ++g)
+      for (int i = 0; i < NV * 16; ++i) obuf[t][g][i] = 0.0f;
+  constexpr int64_t kVBlock = 32;
+  for (int64_t jb = 0; jb < keys_max; jb += kVBlock) {
+    for (int t = 0; t < nt; ++t) {
+      const int64_t jend = std::min<int64_t>(jb + kVBlock, n_keys(t));
+      if (jb >= jend) continue;
+      __m512 o[G][NV];
+      for (int g = 0; g < G; ++g)
+        for (int i = 0; i < NV; ++i) o[g][i] = _mm512_load_ps(&obuf[t][g][16 * i]);
+      const float* p[G];
+      for (int g = 0; g < G; ++g) p[g] = sc(t, g);
+      int64_t slot = 0;
+      for (int64_t j = jb; j < jend; ++j) {
+        slot = (j % 16 == 0 || j == jb || !contiguous16) ? kv_slot(a, j) : slot + 1;
+        __m512 vv[NV];
+#pragma GCC unroll 16
+        for (int i = 0; i < NV; ++i) vv[i] = V.load(slot, 16 * i);
+#pragma GCC unroll 16
+        for (int g = 0; g < G; ++g) {
+          const __m512 pj = _mm512_set1_ps(p[g][j]);
+#pragma GCC unroll 16
+          for (int i = 0; i < NV; ++i) o[g][i] = _mm512_fmadd_ps(pj, vv[i], o[g][i]);
+        }
+      }
+      for (int g = 0; g < G; ++g)
+        for (int i = 0; i < NV; ++i) _mm512_store_ps(&obuf[t][g][16 * i], o[g][i]);
+    }
+  }
+  for (int t = 0; t < nt; ++t)
+    for (int g = 0; g < G; ++g) {
+      float* out = a.out + ((t0 + t) * a.n_head + kvh * G + g) * d;
+      const __m512 iv = _mm512_set1_ps(inv[t][g]);
+      for (int i = 0; i < NV; ++i) _mm512_storeu_ps(out + 16 * i, _mm512_mul_ps(_mm512_load_ps(&obuf[t][g][16 * i]), iv));
+    }
+}
+
 template <bool kQ8>
 bool attention_dispatch(const AttentionArgs& a, int64_t t, int32_t kvh, float* scores) {
   const int g = a.n_head / a.n_head_kv, nv = a.head_dim / 16;
@@ -250,7 +367,24 @@ bool attention_dispatch(const AttentionArgs& a, int64_t t, int32_t kvh, float* s
   return false;
 }
 
+template <bool kQ8>
+bool attention_tile_dispatch(const AttentionArgs& a, int64_t t0, int nt, int32_t kvh, float* scores) {
+  const int g = a.n_head / a.n_head_kv, nv = a.head_dim / 16;
+#define MERLIN_ATT(G, NV) \
+  if (g == G && nv == NV) { attention_tile<kQ8, G, NV>(a, t0, nt, kvh, scores); return true; }
+  MERLIN_ATT(1, 4) MERLIN_ATT(2, 4) MERLIN_ATT(3, 4) MERLIN_ATT(4, 4) MERLIN_ATT(8, 4)
+  MERLIN_ATT(1, 8) MERLIN_ATT(2, 8) MERLIN_ATT(4, 8) MERLIN_ATT(6, 8) MERLIN_ATT(7, 8) MERLIN_ATT(8, 8)
+#undef MERLIN_ATT
+  return false;
+}
+
 }  // namespace
+
+bool attention_avx512_tile(const AttentionArgs& a, int64_t t0, int32_t nt, int32_t kvh, float* scores) {
+  if (nt < 1 || nt > kAttentionTile) return false;
+  return a.kv_type == DType::Q8_0 ? attention_tile_dispatch<true>(a, t0, nt, kvh, scores)
+                                  : attention_tile_dispatch<false>(a, t0, nt, kvh, scores);
+}
 
 void attention_avx512(const AttentionArgs& a, int64_t t, int32_t kvh, float* scores) {
   // Common shapes (GQA group, head_dim) get a version with every loop bound known at compile

@@ -104,9 +104,30 @@ void attention_ref(const AttentionArgs& a) {
 void attention(ThreadPool& pool, const AttentionArgs& a) {
   const bool avx512 = cpu_level() == CpuLevel::kAvx512 && a.head_dim % 16 == 0 &&
                       a.head_dim <= 256 && a.n_head / a.n_head_kv <= 16;
+  const int32_t group = a.n_head / a.n_head_kv;
+  if (avx512 && a.n_tokens > 1) {
+    // Prompt chunks: tiles of tokens share each key and value load (bitwise the same results).
+    const int64_t n_tiles = (a.n_tokens + detail::kAttentionTile - 1) / detail::kAttentionTile;
+    const size_t n_scores = static_cast<size_t>(detail::kAttentionTile) * group *
+                            static_cast<size_t>(a.n_past + a.n_tokens + 16);
+    pool.parallel_for(n_tiles * a.n_head_kv, 1, [&](int64_t w0, int64_t w1) {
+      std::vector<float> scores(n_scores);
+      // Later tiles attend to more keys: hand them out first so the last claims are short.
+      for (int64_t w = w0; w < w1; ++w) {
+        const int64_t tile = n_tiles - 1 - w / a.n_head_kv;
+        const int32_t kvh = static_cast<int32_t>(w % a.n_head_kv);
+        const int64_t t0 = tile * detail::kAttentionTile;
+        const int32_t nt = static_cast<int32_t>(std::min<int64_t>(detail::kAttentionTile, a.n_tokens - t0));
+        if (!detail::attention_avx512_tile(a, t0, nt, kvh, scores.data())) {
+          for (int32_t t = 0; t < nt; ++t) detail::attention_avx512(a, t0 + t, kvh, scores.data());
+        }
+      }
+    });
+    return;
+  }
   const int64_t n_work = static_cast<int64_t>(a.n_tokens) * a.n_head_kv;
   // Rounded up to 16 per head: the AVX-512 kernel writes scores 16 keys at a time.
-  const size_t n_scores = static_cast<size_t>(a.n_past + a.n_tokens + 16) * (a.n_head / a.n_head_kv);
+  const size_t n_scores = static_cast<size_t>(a.n_past + a.n_tokens + 16) * group;
   // Work items of (token, kv head) claimed dynamically: later tokens attend to more keys.
   pool.parallel_for(n_work, 1, [&](int64_t w0, int64_t w1) {
     std::vector<float> scores(n_scores);

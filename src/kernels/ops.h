@@ -48,6 +48,12 @@ inline int64_t kv_slot(const AttentionArgs& a, int64_t j) {
 }
 int64_t argmax_avx2(const float* x, int64_t n);
 void attention_avx512(const AttentionArgs& a, int64_t t, int32_t kvh, float* scores);
+// Tokens per tile of the multi-token AVX-512 kernel (prompt chunks, verification rows).
+constexpr int32_t kAttentionTile = 8;
+// Tokens t0..t0+nt-1 (nt <= kAttentionTile) for kv head kvh, bitwise the same as nt calls of
+// attention_avx512; scores holds nt * group * (n_past + t0 + nt + 16) floats. False when the
+// shape has no tiled version (the caller then goes token by token).
+bool attention_avx512_tile(const AttentionArgs& a, int64_t t0, int32_t nt, int32_t kvh, float* scores);
 }
 
 }  // namespace merlin
