@@ -45,7 +45,7 @@ void handle_messages(ServerCore& s, const httplib::Request& req, httplib::Respon
   std::vector<GenerationRequest> reqs;
   reqs.push_back(s.make_request(r->gen, ids, *mt, -1, Priority::kChat, 0));
   auto guard = std::make_shared<ActiveGuard>(s.active);
-  auto conn = std::make_shared<ClientConn>();
+  auto conn = std::make_shared<ClientConn>(req);
   auto gens = s.submit_all(std::move(reqs));
   if (!gens) return send_error(res, kK, gens.error());
 

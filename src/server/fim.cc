@@ -333,7 +333,7 @@ void handle_completion_fim(ServerCore& s, const json& body, const httplib::Reque
   auto c = parse_completion_fim_request(body, s.pctx);
   if (!c) return send_error(res, kK, c.error());
   auto guard = std::make_shared<ActiveGuard>(s.active);
-  auto conn = std::make_shared<ClientConn>();
+  auto conn = std::make_shared<ClientConn>(req);
   auto run = start(s, *c, req);
   if (!run) return send_error(res, kK, run.error());
   std::string id = random_id("cmpl-");
@@ -387,7 +387,7 @@ void handle_infill(ServerCore& s, const httplib::Request& req, httplib::Response
   auto c = parse_infill_request(*body, s.pctx);
   if (!c) return send_error(res, kK, c.error());
   auto guard = std::make_shared<ActiveGuard>(s.active);
-  auto conn = std::make_shared<ClientConn>();
+  auto conn = std::make_shared<ClientConn>(req);
   auto run = start(s, *c, req);
   if (!run) return send_error(res, kK, run.error());
   auto r = *run;
@@ -418,7 +418,7 @@ void handle_fim_completions(ServerCore& s, const httplib::Request& req, httplib:
   auto c = parse_fim_completion_request(*body, s.pctx);
   if (!c) return send_error(res, kK, c.error());
   auto guard = std::make_shared<ActiveGuard>(s.active);
-  auto conn = std::make_shared<ClientConn>();
+  auto conn = std::make_shared<ClientConn>(req);
   auto run = start(s, *c, req);
   if (!run) return send_error(res, kK, run.error());
   auto r = *run;

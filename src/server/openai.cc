@@ -100,7 +100,7 @@ void handle_completions(ServerCore& s, const httplib::Request& req, httplib::Res
     }
   }
   auto guard = std::make_shared<ActiveGuard>(s.active);
-  auto conn = std::make_shared<ClientConn>();
+  auto conn = std::make_shared<ClientConn>(req);
   auto gens = s.submit_all(std::move(reqs));
   if (!gens) return send_error(res, kK, gens.error());
 
@@ -191,7 +191,7 @@ void handle_chat(ServerCore& s, const httplib::Request& req, httplib::Response& 
   std::vector<GenerationRequest> reqs;
   for (int j = 0; j < r->n; ++j) reqs.push_back(s.make_request(r->gen, ids, *mt, n_lp, Priority::kChat, j));
   auto guard = std::make_shared<ActiveGuard>(s.active);
-  auto conn = std::make_shared<ClientConn>();
+  auto conn = std::make_shared<ClientConn>(req);
   auto gens = s.submit_all(std::move(reqs));
   if (!gens) return send_error(res, kK, gens.error());
 

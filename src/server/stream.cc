@@ -123,11 +123,11 @@ bool pump_events(const std::vector<RequestStream*>& streams,
       }
     }
     if (open == 0) break;
-    if (!got || Clock::now() - last_check >= kClientPollMs) {
-      if (!alive()) return cancel_all();
-      last_check = Clock::now();
-      if (!got && streams.size() > 1) std::this_thread::sleep_for(std::chrono::milliseconds(2));
-    }
+    // After every wake-up: each step that produces a token wakes us, so a client that left is
+    // noticed within one step (or kClientPollMs while nothing is produced). One recv() each.
+    if (!alive()) return cancel_all();
+    last_check = Clock::now();
+    if (!got && streams.size() > 1) std::this_thread::sleep_for(std::chrono::milliseconds(2));
   }
   return true;
 }

@@ -55,8 +55,9 @@ class ClientConn {
 };
 
 // Reads the events of every stream until each has delivered its final (done) event, calling
-// on_event(i, ev) for stream i. Waits at most kClientPollMs at a time and calls alive() at
-// least that often, also while events keep arriving. When on_event or alive() returns false
+// on_event(i, ev) for stream i. Waits at most kClientPollMs at a time and calls alive() after
+// every wake-up (each step that produces tokens wakes it), so a client that left is noticed
+// within one engine step, or kClientPollMs while its request waits or prefills. When on_event or alive() returns false
 // the unfinished streams are cancelled (the engine frees them at its next step) and false is
 // returned.
 bool pump_events(const std::vector<RequestStream*>& streams,
