@@ -59,6 +59,10 @@ struct Sample {
   double ttft_ms = -1, full_ms = -1;
   std::string stop_type;
   int cached = 0, evaluated = 0;
+  // Where the time went, from the server's timings: waiting for the engine, prompt processing
+  // (arrival to first token, less the queue), generating the rest, and everything else the
+  // client saw (HTTP, JSON, tokenizing, detokenizing, thread hand-offs).
+  double queue_ms = 0, prefill_ms = 0, decode_ms = 0, other_ms = 0;
 };
 
 // The replayed document: lines of the file, the cursor retyping from the start of `cur_line0`.
@@ -225,6 +229,14 @@ ConfigResult run_config(const BenchFimArgs& a, const std::string& name, const Re
             s.stop_type = j.value("stop_type", "");
             s.cached = j.value("tokens_cached", 0);
             s.evaluated = j.value("tokens_evaluated", 0);
+            if (j.contains("timings") && j["timings"].is_object()) {
+              const auto& t = j["timings"];
+              const double prompt = t.value("prompt_ms", 0.0), pred = t.value("predicted_ms", 0.0);
+              s.queue_ms = t.value("queue_ms", 0.0);
+              s.prefill_ms = std::max(0.0, prompt - s.queue_ms);
+              s.decode_ms = pred;
+              s.other_ms = std::max(0.0, ms - prompt - pred);
+            }
           } else if (s.ttft_ms < 0) {
             s.ttft_ms = ms;
           }
@@ -269,7 +281,7 @@ int run_bench_fim(const BenchFimArgs& a) {
   std::string name;
   while (std::getline(cfgs, name, ',')) {
     auto r = run_config(a, name, *rp, *model);
-    std::vector<double> ttft, full;
+    std::vector<double> ttft, full, queue, prefill, decode, other;
     int canc = 0;
     double cached = 0, evald = 0;
     for (const auto& s : r.samples) {
@@ -280,6 +292,10 @@ int run_bench_fim(const BenchFimArgs& a) {
       if (s.full_ms < 0) continue;
       ttft.push_back(s.ttft_ms);
       full.push_back(s.full_ms);
+      queue.push_back(s.queue_ms);
+      prefill.push_back(s.prefill_ms);
+      decode.push_back(s.decode_ms);
+      other.push_back(s.other_ms);
       cached += s.cached;
       evald += s.evaluated;
     }
@@ -287,8 +303,18 @@ int run_bench_fim(const BenchFimArgs& a) {
     fmt::print("{:<16} {:>5} {:>5} {:>5} | {:>9.1f} {:>9.1f} | {:>9.1f} {:>9.1f} | {:>7.1f} {:>9.1f}\n", name,
                r.samples.size(), full.size(), canc, pct(ttft, 50), pct(ttft, 95), pct(full, 50), pct(full, 95), cpct,
                r.chat_tokens_per_s);
+    auto mean = [](const std::vector<double>& v) {
+      double t = 0;
+      for (double x : v) t += x;
+      return v.empty() ? 0.0 : t / static_cast<double>(v.size());
+    };
+    fmt::print("{:<16} where a completed request's time went, mean (p95) ms: queue {:.1f} ({:.1f}), prefill {:.1f} "
+               "({:.1f}), decode {:.1f} ({:.1f}), other {:.1f} ({:.1f})\n",
+               "", mean(queue), pct(queue, 95), mean(prefill), pct(prefill, 95), mean(decode), pct(decode, 95),
+               mean(other), pct(other, 95));
     std::fflush(stdout);
-    all.push_back({{"config", name}, {"requests", r.samples.size()}, {"completed", full.size()}, {"cancelled", canc},
+    all.push_back({{"queue_ms_mean", mean(queue)}, {"prefill_ms_mean", mean(prefill)},
+                   {"decode_ms_mean", mean(decode)}, {"other_ms_mean", mean(other)},{"config", name}, {"requests", r.samples.size()}, {"completed", full.size()}, {"cancelled", canc},
                    {"ttft_p50_ms", pct(ttft, 50)}, {"ttft_p95_ms", pct(ttft, 95)}, {"full_p50_ms", pct(full, 50)},
                    {"full_p95_ms", pct(full, 95)}, {"cached_pct", cpct}, {"chat_tok_s", r.chat_tokens_per_s}});
   }

@@ -270,25 +270,25 @@ void attention_tile(const AttentionArgs& a, int64_t t0, int nt, int32_t kvh, flo
       if (j0 >= n_keys(t)) continue;
       const int nk = static_cast<int>(std::min<int64_t>(16, n_keys(t) - j0));
       const float* qh = a.q + ((t0 + t) * a.n_head + kvh * G) * d;
-      __m512 q[G][NV];
-      for (int g = 0; g < G; ++g)
-        for (int i = 0; i < NV; ++i) q[g][i] = _mm512_loadu_ps(qh + g * d + 16 * i);
-#pragma GCC unroll 16
       for (int g = 0; g < G; ++g) {
+        // One head's query at a time (NV registers beside the 16 accumulators): holding the
+        // whole group's queries spills. The arithmetic is attention_fixed's.
+        __m512 q[NV];
+        for (int i = 0; i < NV; ++i) q[i] = _mm512_loadu_ps(qh + g * d + 16 * i);
         __m512 acc[16];
         if (nk == 16) {
 #pragma GCC unroll 16
           for (int k = 0; k < 16; ++k) {
-            acc[k] = _mm512_mul_ps(q[g][0], K.load(slots[k], 0));
+            acc[k] = _mm512_mul_ps(q[0], K.load(slots[k], 0));
 #pragma GCC unroll 16
-            for (int i = 1; i < NV; ++i) acc[k] = _mm512_fmadd_ps(q[g][i], K.load(slots[k], 16 * i), acc[k]);
+            for (int i = 1; i < NV; ++i) acc[k] = _mm512_fmadd_ps(q[i], K.load(slots[k], 16 * i), acc[k]);
           }
         } else {
           for (int k = 0; k < 16; ++k) {
             acc[k] = _mm512_setzero_ps();
             if (k >= nk) continue;
 #pragma GCC unroll 16
-            for (int i = 0; i < NV; ++i) acc[k] = _mm512_fmadd_ps(q[g][i], K.load(slots[k], 16 * i), acc[k]);
+            for (int i = 0; i < NV; ++i) acc[k] = _mm512_fmadd_ps(q[i], K.load(slots[k], 16 * i), acc[k]);
           }
         }
         __m512 s = _mm512_mul_ps(reduce16(acc), scale);
