@@ -55,7 +55,7 @@ Result<std::unique_ptr<Engine>> Engine::create(LoadedModel model, EngineOptions 
   if (opt.max_running <= 0) return Err(Code::kInvalidArgument, "--parallel must be at least 1");
   if (opt.block_size <= 0 || opt.block_size > 1024) return Err(Code::kInvalidArgument, "block size out of range");
   if (opt.max_batch_tokens < 16) opt.max_batch_tokens = 16;
-  int32_t ctx = opt.ctx_size > 0 ? opt.ctx_size : c.max_pos;
+  MERLIN_TRY(ctx, context_size(c, opt.ctx_size));  // max_pos, or capped at a sliding window
   if (ctx < 16) return Err(Code::kInvalidArgument, "context size must be at least 16 tokens");
   // An unsupported KV type is refused, not silently replaced by f32.
   if (auto st = KvCache::supported_type(c, opt.kv_type); !st.ok()) return std::unexpected(st);
