@@ -37,6 +37,8 @@ struct ServeArgs {
   int max_draft = 16;
   float draft_p_min = SpecOptions{}.draft_p_min;
   int draft_max_batch = SpecOptions{}.draft_max_batch;
+  int max_queue = 0;
+  double request_timeout_s = 0;
 };
 
 int run_serve(const ServeArgs& a) {
@@ -56,6 +58,7 @@ int run_serve(const ServeArgs& a) {
   eo.max_running = a.parallel;
   eo.ctx_size = a.ctx;
   eo.prefix_cache = !a.no_prefix_cache;
+  eo.max_queue = a.max_queue;
   eo.kv_type = kv_type_from_name(a.kv_type).value_or(DType::F32);
   if (!a.draft.empty()) {
     auto d = load_or_report(a.draft);
@@ -84,6 +87,7 @@ int run_serve(const ServeArgs& a) {
   so.fim.default_time_budget_ms = a.fim_time_budget_ms;
   so.fim.order = a.fim_spm ? server::FimOrder::kSpm : server::FimOrder::kPsm;
   so.fim.priority_lane = !a.no_priority_lane;
+  so.request_timeout_s = a.request_timeout_s;
   auto srv = server::HttpServer::create(**engine, so);
   if (!srv) {
     fmt::print(stderr, "error: {}\n", srv.error().message);
@@ -124,6 +128,16 @@ const CommandRegistrar reg("serve", "OpenAI- and Anthropic-compatible HTTP serve
   app.add_option("--max-body-bytes", a->max_body_bytes, "Largest request body accepted (413 beyond)");
   app.add_option("--http-threads", a->http_threads, "HTTP worker threads (0: max(64, 4 x parallel))");
   app.add_flag("--no-prefix-cache", a->no_prefix_cache, "Disable prefix caching");
+  app.add_option("--max-queue", a->max_queue,
+                 "Requests waiting for a slot, per priority lane, beyond which new ones get 429 (Anthropic: 529) "
+                 "with Retry-After (0: unbounded)")
+      ->check(CLI::Range(0, 1 << 20))
+      ->capture_default_str();
+  app.add_option("--request-timeout", a->request_timeout_s,
+                 "Seconds a request may take from arrival, queueing included; past it: 504, or an error event "
+                 "ending the stream (0: none)")
+      ->check(CLI::Range(0.0, 1e7))
+      ->capture_default_str();
   app.add_option("--draft", a->draft, "Draft model for speculative decoding (same vocabulary; on by default for every request)");
   app.add_option("--precision", a->precision, "Matmul precision: f32 (exact) or bf16 (about 2x faster prompt processing)")
       ->check(CLI::IsMember({"f32", "bf16"}));

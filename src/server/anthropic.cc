@@ -35,19 +35,19 @@ void handle_messages(ServerCore& s, const httplib::Request& req, httplib::Respon
   auto body = s.preamble(req, res, kK);
   if (!body) return;
   auto r = parse_messages_request(*body, s.pctx, false);
-  if (!r) return send_error(res, kK, r.error());
+  if (!r) return s.send_error(res, kK, r.error());
   auto rendered = s.render_chat(r->messages, true);
-  if (!rendered) return send_error(res, kK, rendered.error());
+  if (!rendered) return s.send_error(res, kK, rendered.error());
   if (r->prefill) *rendered += *r->prefill;
   Ids ids = s.encode_chat(*rendered);
   auto mt = s.resolve_max_tokens(r->gen.max_tokens, ids.size(), false);
-  if (!mt) return send_error(res, kK, mt.error());
+  if (!mt) return s.send_error(res, kK, mt.error());
   std::vector<GenerationRequest> reqs;
   reqs.push_back(s.make_request(r->gen, ids, *mt, -1, Priority::kChat, 0));
   auto guard = std::make_shared<ActiveGuard>(s.active);
   auto conn = std::make_shared<ClientConn>(req);
   auto gens = s.submit_all(std::move(reqs));
-  if (!gens) return send_error(res, kK, gens.error());
+  if (!gens) return s.send_error(res, kK, gens.error());
 
   std::string id = random_id("msg_");
   std::string model = r->model.empty() ? s.pctx.model_name : r->model;
@@ -57,7 +57,7 @@ void handle_messages(ServerCore& s, const httplib::Request& req, httplib::Respon
   if (!r->stream) {
     if (!s.wait_all(*gens, *conn)) return;  // the client is gone
     Gen& g = (*gens)[0];
-    if (failed(g)) return send_error(res, kK, s.gen_error(g));
+    if (failed(g)) return s.send_error(res, kK, s.gen_error(g));
     auto [reason, seq] = anthropic_stop(s, g, stops, ignore_eos);
     send_json(res, 200,
               {{"id", id}, {"type", "message"}, {"role", "assistant"}, {"model", model},
@@ -112,9 +112,9 @@ void handle_count_tokens(ServerCore& s, const httplib::Request& req, httplib::Re
   auto body = s.preamble(req, res, kK);
   if (!body) return;
   auto r = parse_messages_request(*body, s.pctx, true);
-  if (!r) return send_error(res, kK, r.error());
+  if (!r) return s.send_error(res, kK, r.error());
   auto rendered = s.render_chat(r->messages, true);
-  if (!rendered) return send_error(res, kK, rendered.error());
+  if (!rendered) return s.send_error(res, kK, rendered.error());
   if (r->prefill) *rendered += *r->prefill;
   send_json(res, 200, {{"input_tokens", s.encode_chat(*rendered).size()}});
 }

@@ -15,7 +15,25 @@ void send_json(httplib::Response& res, int status, const json& j) {
   res.set_content(dump(j), "application/json");
 }
 
-void send_error(httplib::Response& res, ApiKind kind, const ApiError& e) { send_json(res, e.status, error_body(kind, e)); }
+void send_error(httplib::Response& res, ApiKind kind, const ApiError& e, int retry_after_s) {
+  if (is_overload(e)) {
+    // A full queue: OpenAI answers 429 rate_limit_exceeded, Anthropic 529 overloaded_error;
+    // both SDKs retry after Retry-After.
+    ApiError o = e;
+    if (kind == ApiKind::kAnthropic) o.status = 529;
+    res.set_header("Retry-After", std::to_string(std::max(1, retry_after_s)));
+    return send_json(res, o.status, error_body(kind, o));
+  }
+  send_json(res, e.status, error_body(kind, e));
+}
+
+bool is_overload(const ApiError& e) { return e.status == 429 && e.code == "rate_limit_exceeded"; }
+
+ApiError timeout_error(double timeout_s) {
+  return ApiError{504,
+                  fmt::format("The request did not finish within the server's request timeout ({} s).", timeout_s),
+                  {}, "request_timeout", "timeout_error"};
+}
 
 ApiKind kind_of_path(const std::string& path) {
   return path.rfind("/v1/messages", 0) == 0 ? ApiKind::kAnthropic : ApiKind::kOpenAI;
@@ -162,6 +180,7 @@ GenerationRequest ServerCore::make_request(const GenFields& g, Ids prompt, int32
   r.n_logprobs = n_logprobs;
   r.priority = prio;
   r.client_id = g.user;
+  if (opt.request_timeout_s > 0) r.timeout_ms = opt.request_timeout_s * 1000.0;
   return r;
 }
 
@@ -195,6 +214,7 @@ bool ServerCore::wait_all(std::vector<Gen>& gens, ClientConn& conn) {
 }
 
 ApiError ServerCore::gen_error(const Gen& g) const {
+  if (g.finish == FinishReason::kTimeout) return timeout_error(opt.request_timeout_s);
   if (g.finish == FinishReason::kCancelled)
     return ApiError{503, stopping.load() ? "The server is shutting down." : "The request was cancelled.", {}, {},
                     "server_error"};

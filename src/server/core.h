@@ -29,8 +29,12 @@ struct Response;
 namespace merlin::server {
 
 void send_json(httplib::Response& res, int status, const nlohmann::json& j);
-// Writes the error in the API's shape; 429 / 529 also get a Retry-After header.
-void send_error(httplib::Response& res, ApiKind kind, const ApiError& e);
+// Writes the error in the API's shape. An overload (is_overload: the engine's queue is full) is
+// 429 on OpenAI-shaped endpoints and 529 overloaded_error on Anthropic's, with Retry-After.
+void send_error(httplib::Response& res, ApiKind kind, const ApiError& e, int retry_after_s = 1);
+bool is_overload(const ApiError& e);
+// What a request that ran past --request-timeout answers: 504, type timeout_error.
+ApiError timeout_error(double timeout_s);
 ApiKind kind_of_path(const std::string& path);
 
 // One generation in flight (a choice) and what has been collected from it.
@@ -51,8 +55,9 @@ struct Gen {
 };
 
 const char* openai_finish(FinishReason r);
+// Ended without a result to return: cancelled (shutdown), failed, or past the request timeout.
 inline bool failed(const Gen& g) {
-  return g.finish == FinishReason::kCancelled || g.finish == FinishReason::kError;
+  return g.finish == FinishReason::kCancelled || g.finish == FinishReason::kError || g.finish == FinishReason::kTimeout;
 }
 std::vector<RequestStream*> streams_of(std::vector<Gen>& gens);
 
@@ -76,6 +81,9 @@ struct ServerCore {
 
   const Tokenizer& tok() const { return engine->tokenizer(); }
 
+  void send_error(httplib::Response& res, ApiKind kind, const ApiError& e) const {
+    server::send_error(res, kind, e, opt.retry_after_s);
+  }
   std::optional<ApiError> check_auth(const httplib::Request& req, ApiKind kind) const;
   // Checks authentication and parses the body; on failure the response is already written.
   std::optional<nlohmann::json> preamble(const httplib::Request& req, httplib::Response& res, ApiKind kind) const;

@@ -244,6 +244,7 @@ ApiResult<std::shared_ptr<FimRun>> start(ServerCore& s, FimRequest& c, const htt
   g.supersede_same_client = !g.client_id.empty();
   double budget = c.time_budget_ms.value_or(fo.default_time_budget_ms);
   if (budget > 0) g.time_budget_ms = budget;
+  if (s.opt.request_timeout_s > 0) g.timeout_ms = s.opt.request_timeout_s * 1000.0;
   g.stop_at_suffix_line = first_nonempty_line(c.in.suffix);
 
   auto run = std::make_shared<FimRun>();
@@ -277,11 +278,12 @@ bool pump_text(FimRun& r, Sse& sse, F&& on_text) {
 }
 
 ApiError failure(const ServerCore& s, const FimRun& r) {
+  if (r.finish == FinishReason::kTimeout) return timeout_error(s.opt.request_timeout_s);
   if (s.stopping.load()) return ApiError{503, "The server is shutting down.", {}, {}, "server_error"};
   return ApiError{500, r.error.empty() ? "generation failed" : r.error, {}, {}, "server_error"};
 }
 bool hard_failure(const ServerCore& s, const FimRun& r) {
-  return r.finish == FinishReason::kError || (r.cancelled() && s.stopping.load());
+  return r.finish == FinishReason::kError || r.finish == FinishReason::kTimeout || (r.cancelled() && s.stopping.load());
 }
 
 json usage_json(const FimRun& r) {
@@ -331,18 +333,18 @@ json infill_final(const ServerCore& s, const FimRun& r, bool with_content) {
 
 void handle_completion_fim(ServerCore& s, const json& body, const httplib::Request& req, httplib::Response& res) {
   auto c = parse_completion_fim_request(body, s.pctx);
-  if (!c) return send_error(res, kK, c.error());
+  if (!c) return s.send_error(res, kK, c.error());
   auto guard = std::make_shared<ActiveGuard>(s.active);
   auto conn = std::make_shared<ClientConn>(req);
   auto run = start(s, *c, req);
-  if (!run) return send_error(res, kK, run.error());
+  if (!run) return s.send_error(res, kK, run.error());
   std::string id = random_id("cmpl-");
   int64_t created = unix_now();
   std::string model = s.pctx.model_name;
   auto r = *run;
   if (!c->stream) {
     if (!wait(*r, *conn)) return;  // the client is gone
-    if (hard_failure(s, *r)) return send_error(res, kK, failure(s, *r));
+    if (hard_failure(s, *r)) return s.send_error(res, kK, failure(s, *r));
     send_json(res, 200,
               {{"id", id}, {"object", "text_completion"}, {"created", created}, {"model", model},
                {"system_fingerprint", "merlin"},
@@ -385,15 +387,15 @@ void handle_infill(ServerCore& s, const httplib::Request& req, httplib::Response
   auto body = s.preamble(req, res, kK);
   if (!body) return;
   auto c = parse_infill_request(*body, s.pctx);
-  if (!c) return send_error(res, kK, c.error());
+  if (!c) return s.send_error(res, kK, c.error());
   auto guard = std::make_shared<ActiveGuard>(s.active);
   auto conn = std::make_shared<ClientConn>(req);
   auto run = start(s, *c, req);
-  if (!run) return send_error(res, kK, run.error());
+  if (!run) return s.send_error(res, kK, run.error());
   auto r = *run;
   if (!c->stream) {
     if (!wait(*r, *conn)) return;  // the client is gone
-    if (hard_failure(s, *r)) return send_error(res, kK, failure(s, *r));
+    if (hard_failure(s, *r)) return s.send_error(res, kK, failure(s, *r));
     return send_json(res, 200, infill_final(s, *r, true));
   }
   res.set_header("Cache-Control", "no-cache");
@@ -416,18 +418,18 @@ void handle_fim_completions(ServerCore& s, const httplib::Request& req, httplib:
   auto body = s.preamble(req, res, kK);
   if (!body) return;
   auto c = parse_fim_completion_request(*body, s.pctx);
-  if (!c) return send_error(res, kK, c.error());
+  if (!c) return s.send_error(res, kK, c.error());
   auto guard = std::make_shared<ActiveGuard>(s.active);
   auto conn = std::make_shared<ClientConn>(req);
   auto run = start(s, *c, req);
-  if (!run) return send_error(res, kK, run.error());
+  if (!run) return s.send_error(res, kK, run.error());
   auto r = *run;
   std::string id = random_id("fim-");
   int64_t created = unix_now();
   std::string model = c->model.empty() ? s.pctx.model_name : c->model;
   if (!c->stream) {
     if (!wait(*r, *conn)) return;  // the client is gone
-    if (hard_failure(s, *r)) return send_error(res, kK, failure(s, *r));
+    if (hard_failure(s, *r)) return s.send_error(res, kK, failure(s, *r));
     json msg = {{"role", "assistant"}, {"content", r->cancelled() ? "" : r->text}, {"tool_calls", nullptr},
                 {"prefix", false}};
     send_json(res, 200,

@@ -83,7 +83,7 @@ void handle_completions(ServerCore& s, const httplib::Request& req, httplib::Res
   if (!body) return;
   if (is_fim_completion(*body)) return handle_completion_fim(s, *body, req, res);
   auto r = parse_completion_request(*body, s.pctx);
-  if (!r) return send_error(res, kK, r.error());
+  if (!r) return s.send_error(res, kK, r.error());
 
   std::vector<GenerationRequest> reqs;
   std::vector<std::string> echo_text;
@@ -91,7 +91,7 @@ void handle_completions(ServerCore& s, const httplib::Request& req, httplib::Res
   for (auto& p : r->prompts) {
     Ids ids = p.text ? s.encode_prompt(*p.text) : p.ids;
     auto mt = s.resolve_max_tokens(r->gen.max_tokens, ids.size(), false);
-    if (!mt) return send_error(res, kK, mt.error());
+    if (!mt) return s.send_error(res, kK, mt.error());
     prompt_total += static_cast<int32_t>(ids.size());
     std::string et = r->echo ? (p.text ? *p.text : s.tok().decode(ids)) : std::string();
     for (int j = 0; j < r->n; ++j) {
@@ -102,7 +102,7 @@ void handle_completions(ServerCore& s, const httplib::Request& req, httplib::Res
   auto guard = std::make_shared<ActiveGuard>(s.active);
   auto conn = std::make_shared<ClientConn>(req);
   auto gens = s.submit_all(std::move(reqs));
-  if (!gens) return send_error(res, kK, gens.error());
+  if (!gens) return s.send_error(res, kK, gens.error());
 
   std::string id = random_id("cmpl-");
   int64_t created = unix_now();
@@ -112,7 +112,7 @@ void handle_completions(ServerCore& s, const httplib::Request& req, httplib::Res
     json choices = json::array();
     int32_t completion = 0, cached = 0;
     for (auto& g : *gens) {
-      if (failed(g)) return send_error(res, kK, s.gen_error(g));
+      if (failed(g)) return s.send_error(res, kK, s.gen_error(g));
       size_t off = echo_text[g.index].size();
       json lp = r->logprobs >= 0 ? legacy_logprobs(s, g, 0, g.lps.size(), off) : json(nullptr);
       choices.push_back({{"index", g.index},
@@ -181,19 +181,19 @@ void handle_chat(ServerCore& s, const httplib::Request& req, httplib::Response& 
   auto body = s.preamble(req, res, kK);
   if (!body) return;
   auto r = parse_chat_request(*body, s.pctx);
-  if (!r) return send_error(res, kK, r.error());
+  if (!r) return s.send_error(res, kK, r.error());
   auto rendered = s.render_chat(r->messages, true);
-  if (!rendered) return send_error(res, kK, rendered.error());
+  if (!rendered) return s.send_error(res, kK, rendered.error());
   Ids ids = s.encode_chat(*rendered);
   auto mt = s.resolve_max_tokens(r->gen.max_tokens, ids.size(), true);
-  if (!mt) return send_error(res, kK, mt.error());
+  if (!mt) return s.send_error(res, kK, mt.error());
   int32_t n_lp = r->logprobs ? r->top_logprobs : -1;
   std::vector<GenerationRequest> reqs;
   for (int j = 0; j < r->n; ++j) reqs.push_back(s.make_request(r->gen, ids, *mt, n_lp, Priority::kChat, j));
   auto guard = std::make_shared<ActiveGuard>(s.active);
   auto conn = std::make_shared<ClientConn>(req);
   auto gens = s.submit_all(std::move(reqs));
-  if (!gens) return send_error(res, kK, gens.error());
+  if (!gens) return s.send_error(res, kK, gens.error());
 
   std::string id = random_id("chatcmpl-");
   int64_t created = unix_now();
@@ -205,7 +205,7 @@ void handle_chat(ServerCore& s, const httplib::Request& req, httplib::Response& 
     json choices = json::array();
     int32_t completion = 0, cached = 0;
     for (auto& g : *gens) {
-      if (failed(g)) return send_error(res, kK, s.gen_error(g));
+      if (failed(g)) return s.send_error(res, kK, s.gen_error(g));
       choices.push_back(
           {{"index", g.index},
            {"message", {{"role", "assistant"}, {"content", g.text}, {"refusal", nullptr}}},

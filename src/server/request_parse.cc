@@ -814,6 +814,11 @@ ApiError api_error_from_status(const Status& s) {
     case Code::kUnsupported: return {400, s.message, {}, {}, {}};
     case Code::kOutOfMemory: return {503, s.message, {}, {}, {}};
     case Code::kCancelled: return {503, s.message.empty() ? "The request was cancelled." : s.message, {}, {}, {}};
+    // OpenAI's rate-limit shape (type "requests", code "rate_limit_exceeded"); the Anthropic
+    // endpoints turn it into 529 overloaded_error (send_error).
+    case Code::kOverloaded:
+      return {429, s.message.empty() ? "The server is overloaded: too many requests are waiting. Retry later." : s.message,
+              {}, "rate_limit_exceeded", "requests"};
     default: return {500, s.message, {}, {}, {}};
   }
 }
@@ -838,6 +843,7 @@ std::string anthropic_error_type(int status) {
     case 429: return "rate_limit_error";
     case 503:
     case 529: return "overloaded_error";
+    case 504: return "timeout_error";
     default: return status >= 500 ? "api_error" : "invalid_request_error";
   }
 }

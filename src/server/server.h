@@ -26,6 +26,11 @@ struct ServerOptions {
   int read_timeout_s = 60;
   int write_timeout_s = 60;
   FimOptions fim;                   // code completion (server/fim.h)
+  // Whole-request limit from arrival, queueing included (GenerationRequest::timeout_ms); 0: none.
+  // A request past it answers 504 (non-streaming) or ends its stream with an error event.
+  double request_timeout_s = 0;
+  // Retry-After (seconds) on 429 / 529 when the engine's queue is full (--max-queue).
+  int retry_after_s = 1;
 };
 
 class HttpServer {
