@@ -3,6 +3,7 @@
 
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <thread>
 
 #include <fmt/core.h>
@@ -11,6 +12,7 @@
 #include "common.h"
 #include "core/log.h"
 #include "engine/engine.h"
+#include "server/api_keys.h"
 #include "server/server.h"
 
 namespace merlin::cli {
@@ -20,7 +22,9 @@ struct ServeArgs {
   std::string model;
   std::string host = "127.0.0.1";
   int port = 8080;
-  std::string api_key;
+  std::string api_key;       // --api-key: visible in ps, kept for compatibility
+  std::string api_key_file;  // --api-key-file
+  bool log_requests = false;
   int parallel = 16;
   int ctx = 0;
   int threads = 0;
@@ -50,6 +54,34 @@ int run_serve(const ServeArgs& a) {
   sigaddset(&sigs, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
   std::signal(SIGPIPE, SIG_IGN);  // a client that hangs up must not kill the server
+
+  // API keys: MERLIN_API_KEY, --api-key-file (one per line), and --api-key (visible in ps).
+  std::vector<std::string> keys;
+  if (const char* env = std::getenv("MERLIN_API_KEY")) {
+    auto k = server::parse_api_key_lines(env);
+    if (k.size() > 1) {
+      fmt::print(stderr, "error: MERLIN_API_KEY holds more than one line; use --api-key-file for several keys\n");
+      return 1;
+    }
+    keys.insert(keys.end(), k.begin(), k.end());
+  }
+  if (!a.api_key_file.empty()) {
+    auto k = server::read_api_key_file(a.api_key_file);
+    if (!k) {
+      fmt::print(stderr, "error: {}\n", k.error().message);
+      return 1;
+    }
+    keys.insert(keys.end(), k->begin(), k->end());
+  }
+  if (!a.api_key.empty()) {
+    fmt::print(stderr,
+               "warning: --api-key is visible to every user of this machine (ps, /proc/PID/cmdline); "
+               "use MERLIN_API_KEY or --api-key-file instead\n");
+    keys.push_back(a.api_key);
+  }
+
+  if (keys.empty() && a.host != "127.0.0.1" && a.host != "localhost" && a.host != "::1")
+    fmt::print(stderr, "warning: serving on {} without an API key: anyone who can reach it can use it\n", a.host);
 
   auto model = load_or_report(a.model.empty() ? default_model_path() : a.model);
   if (!model) return 1;
@@ -81,7 +113,8 @@ int run_serve(const ServeArgs& a) {
   server::ServerOptions so;
   so.host = a.host;
   so.port = a.port;
-  so.api_key = a.api_key;
+  so.api_keys = keys;
+  so.log_requests = a.log_requests;
   so.max_body_bytes = a.max_body_bytes;
   so.http_threads = a.http_threads > 0 ? a.http_threads : std::max(64, 4 * a.parallel);
   so.fim.default_time_budget_ms = a.fim_time_budget_ms;
@@ -101,7 +134,7 @@ int run_serve(const ServeArgs& a) {
   std::thread http([&] { (*srv)->serve(); });
   fmt::print(stderr, "merlin serve: model {} listening on http://{}:{} (ctx {}, parallel {}{})\n",
              (*engine)->model().name, a.host, *port, (*engine)->ctx_size(), a.parallel,
-             a.api_key.empty() ? "" : ", API key required");
+             keys.empty() ? "" : fmt::format(", API key required ({} key{})", keys.size(), keys.size() == 1 ? "" : "s"));
   std::fflush(stderr);
 
   int sig = 0;
@@ -120,7 +153,14 @@ const CommandRegistrar reg("serve", "OpenAI- and Anthropic-compatible HTTP serve
   app.add_option("-m,--model", a->model, "Model folder or .gguf (default: shipped tiny-coder-target)");
   app.add_option("--host", a->host, "Address to bind (default loopback)");
   app.add_option("--port", a->port, "Port (0: any free port)")->check(CLI::Range(0, 65535));
-  app.add_option("--api-key", a->api_key, "Require this key (Authorization: Bearer or x-api-key)");
+  app.add_option("--api-key", a->api_key,
+                 "Require this key (Authorization: Bearer or x-api-key). Visible in ps: prefer MERLIN_API_KEY "
+                 "or --api-key-file");
+  app.add_option("--api-key-file", a->api_key_file,
+                 "Require one of the keys in FILE (one per line; blank lines and # comments ignored). The "
+                 "MERLIN_API_KEY environment variable adds one more");
+  app.add_flag("--log-requests", a->log_requests,
+               "Log every request's method, path, status and body (prompt text); keys are never logged");
   app.add_option("--parallel", a->parallel, "Sequences decoded together")->check(CLI::Range(1, 4096));
   app.add_option("--ctx", a->ctx, "Context size per sequence (0: model's)")->check(CLI::Range(0, 1 << 24));
   app.add_option("--threads", a->threads, "Compute threads (0: all cores)")->check(CLI::Range(0, 4096));

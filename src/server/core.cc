@@ -80,7 +80,7 @@ bool same_key(const std::string& a, const std::string& b) {
 }  // namespace
 
 std::optional<ApiError> ServerCore::check_auth(const httplib::Request& req, ApiKind kind) const {
-  if (opt.api_key.empty()) return std::nullopt;
+  if (opt.api_keys.empty()) return std::nullopt;
   std::string given;
   std::string auth = req.get_header_value("Authorization");
   if (auth.rfind("Bearer ", 0) == 0) given = auth.substr(7);
@@ -92,7 +92,9 @@ std::optional<ApiError> ServerCore::check_auth(const httplib::Request& req, ApiK
                     "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
                     {}, {}, {}};
   }
-  if (!same_key(given, opt.api_key)) {
+  bool ok = false;
+  for (const auto& k : opt.api_keys) ok |= same_key(given, k);  // every key compared: no early exit
+  if (!ok) {
     if (kind == ApiKind::kAnthropic) return ApiError{401, "invalid x-api-key", {}, {}, {}};
     return ApiError{401, "Incorrect API key provided.", {}, "invalid_api_key", {}};
   }

@@ -177,6 +177,12 @@ Result<std::unique_ptr<HttpServer>> HttpServer::create(Engine& engine, ServerOpt
     setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, reinterpret_cast<const char*>(&yes), sizeof(yes));
     im.listen_fd = sock;
   });
+  if (opt.log_requests) {
+    // Only on request (--log-requests): bodies hold prompts. Headers, and so keys, are never logged.
+    im.svr.set_logger([](const httplib::Request& req, const httplib::Response& res) {
+      spdlog::info("{} {} -> {} body: {}", req.method, req.path, res.status, lossy_utf8(req.body));
+    });
+  }
   im.routes();
   return s;
 }

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "core/status.h"
 #include "engine/engine.h"
@@ -20,7 +21,12 @@ namespace merlin::server {
 struct ServerOptions {
   std::string host = "127.0.0.1";   // loopback unless asked otherwise
   int port = 8080;                  // 0: any free port (tests)
-  std::string api_key;              // empty: no authentication
+  // Accepted keys (Authorization: Bearer or x-api-key); empty: no authentication. `merlin serve`
+  // reads them from MERLIN_API_KEY / --api-key-file (server/api_keys.h). Never logged.
+  std::vector<std::string> api_keys;
+  // Log each request's method, path, status, time and body (prompt text). Off by default, so
+  // that nothing a client sends reaches the log.
+  bool log_requests = false;
   size_t max_body_bytes = 8u << 20;
   int http_threads = 0;             // 0: enough for every running sequence plus waiting ones
   int read_timeout_s = 60;

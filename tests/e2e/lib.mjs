@@ -11,9 +11,9 @@ export const MODEL_ID = path.basename(MODEL);
 if (!BIN) throw new Error('MERLIN_BIN is not set (run through tests/e2e/run.sh path/to/merlin)');
 
 // Starts a server with --port 0 and reads the chosen port from its "listening on" line.
-export async function startServer(extraArgs = [], { timeoutMs = 120000 } = {}) {
+export async function startServer(extraArgs = [], { timeoutMs = 120000, env = undefined } = {}) {
   const args = ['serve', '-m', MODEL, '--host', '127.0.0.1', '--port', '0', ...extraArgs];
-  const proc = spawn(BIN, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  const proc = spawn(BIN, args, { stdio: ['ignore', 'pipe', 'pipe'], env: env ? { ...process.env, ...env } : process.env });
   let log = '';
   const port = await new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`server did not start in time:\n${log}`)), timeoutMs);

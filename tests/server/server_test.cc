@@ -25,7 +25,7 @@ class ServerTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     test_server::Config cfg;
-    cfg.server.api_key = kKey;
+    cfg.server.api_keys = {"another-key", kKey};
     cfg.server.max_body_bytes = 100000;
     srv_ = Running::start(cfg).release();
   }
