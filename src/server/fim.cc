@@ -145,6 +145,7 @@ struct FimRun {
   std::string error;
   Usage usage;
   double ttft_ms = 0, e2e_ms = 0;
+  bool truncated = false;  // the prompt builder cut prefix, suffix or extra context to fit
 
   // Applies one event; returns the text that may be sent now.
   std::string push(const StreamEvent& ev) {
@@ -250,6 +251,7 @@ ApiResult<std::shared_ptr<FimRun>> start(ServerCore& s, FimRequest& c, const htt
   auto run = std::make_shared<FimRun>();
   run->n_indent = c.n_indent;
   run->prompt_len = static_cast<int32_t>(g.prompt.size());
+  run->truncated = p->truncated;
   auto st = s.engine->submit(std::move(g));
   if (!st) return std::unexpected(api_error_from_status(st.error()));
   run->stream = std::move(*st);
@@ -321,7 +323,8 @@ json infill_final(const ServerCore& s, const FimRun& r, bool with_content) {
           {"tokens_predicted", pred_n},
           {"tokens_evaluated", r.usage.prompt_tokens},
           {"tokens_cached", r.usage.cached_tokens},
-          {"truncated", false},
+          // llama.cpp: the prompt was cut to fit the context (here: FimPrompt::truncated).
+          {"truncated", r.truncated},
           {"stop_type", stop_type(s, r)},
           {"stopping_word", ""},
           {"timings", timings}};

@@ -314,6 +314,41 @@ TEST_F(FimServerTest, MistralFimMatchesMerlinRun) {
   EXPECT_EQ(res->status, 400);
 }
 
+// llama.cpp's `truncated`: the prompt was cut to fit the context. A prefix far longer than the
+// context (1024) is cut and says so, streamed or not; a short request, or extra context that
+// fits, is not.
+TEST_F(FimServerTest, InfillReportsTruncatedTruthfully) {
+  ASSERT_TRUE(srv_);
+  auto c = srv_->client();
+  std::string long_prefix;
+  for (int i = 0; i < 400; ++i) long_prefix += fmt::format("value_{} = compute({})\n", i, i);
+  struct Case {
+    json body;
+    bool truncated;
+  };
+  const Case cases[] = {
+      {{{"input_prefix", kPrefix}, {"input_suffix", kSuffix}, {"n_predict", 4}}, false},
+      {{{"input_prefix", long_prefix}, {"input_suffix", kSuffix}, {"n_predict", 4}}, true},
+      {{{"input_prefix", kPrefix}, {"input_suffix", long_prefix}, {"n_predict", 4}}, true},
+      {{{"input_prefix", kPrefix}, {"input_extra", {{{"filename", "a.py"}, {"text", "x = 1\n"}}}}, {"n_predict", 4}},
+       false},
+      {{{"input_prefix", kPrefix}, {"input_extra", {{{"filename", "a.py"}, {"text", long_prefix}}}}, {"n_predict", 4}},
+       true},
+  };
+  for (const auto& cs : cases) {
+    for (bool stream : {false, true}) {
+      json b = cs.body;
+      b["stream"] = stream;
+      auto r = c.Post("/infill", b.dump(), "application/json");
+      ASSERT_TRUE(r);
+      ASSERT_EQ(r->status, 200) << r->body;
+      json fin = stream ? sse_data(r->body).back() : json::parse(r->body);
+      EXPECT_EQ(fin["truncated"], cs.truncated) << b.dump().substr(0, 120);
+      EXPECT_LE(fin["tokens_evaluated"].get<int>() + 4, 1024);
+    }
+  }
+}
+
 TEST_F(FimServerTest, NIndentCutsALessIndentedLine) {
   ASSERT_TRUE(srv_);
   auto c = srv_->client();
