@@ -132,8 +132,11 @@ int run_serve(const ServeArgs& a) {
     return 1;
   }
   std::thread http([&] { (*srv)->serve(); });
-  fmt::print(stderr, "merlin serve: model {} listening on http://{}:{} (ctx {}, parallel {}{})\n",
-             (*engine)->model().name, a.host, *port, (*engine)->ctx_size(), a.parallel,
+  if ((*srv)->chat_template() == server::kChatMlFallback)
+    fmt::print(stderr, "warning: model {} has no chat template; chat endpoints use ChatML (fallback)\n",
+               (*engine)->model().name);
+  fmt::print(stderr, "merlin serve: model {} listening on http://{}:{} (ctx {}, parallel {}, chat template: {}{})\n",
+             (*engine)->model().name, a.host, *port, (*engine)->ctx_size(), a.parallel, (*srv)->chat_template(),
              keys.empty() ? "" : fmt::format(", API key required ({} key{})", keys.size(), keys.size() == 1 ? "" : "s"));
   std::fflush(stderr);
 

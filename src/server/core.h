@@ -73,7 +73,8 @@ struct ServerCore {
   Engine* engine = nullptr;
   ServerOptions opt;
   std::shared_ptr<const ChatTemplate> tmpl;
-  std::string chat_template_note;  // empty, or why the chat template is not the model's own
+  // Which chat template the chat endpoints use: "model (SOURCE)", or kChatMlFallback.
+  std::string chat_template_desc;
   std::string bos_str, eos_str;
   ParseContext pctx;
   std::atomic<bool> stopping{false};

@@ -29,6 +29,8 @@ constexpr const char* kChatMlTemplate =
 
 }  // namespace
 
+const char* const kChatMlFallback = "chatml (fallback: the model has none)";
+
 struct HttpServer::Impl {
   ServerCore core;
   httplib::Server svr;
@@ -60,7 +62,7 @@ struct HttpServer::Impl {
 
   json model_object() const {
     return {{"id", core.pctx.model_name}, {"object", "model"}, {"created", 0}, {"owned_by", "merlin"},
-            {"max_model_len", core.engine->ctx_size()}};
+            {"max_model_len", core.engine->ctx_size()}, {"chat_template", core.chat_template_desc}};
   }
 
   void routes() {
@@ -151,8 +153,14 @@ Result<std::unique_ptr<HttpServer>> HttpServer::create(Engine& engine, ServerOpt
   const Tokenizer& tok = engine.tokenizer();
   std::string src = tok.info().chat_template;
   if (src.empty()) {
-    spdlog::warn("model {} has no chat template; chat endpoints use ChatML", engine.model().name);
+    spdlog::warn("model {} has no chat template: /v1/chat/completions and /v1/messages use ChatML, which may not "
+                 "be what the model was trained on",
+                 engine.model().name);
     src = kChatMlTemplate;
+    im.core.chat_template_desc = kChatMlFallback;
+  } else {
+    const std::string& from = tok.info().chat_template_source;
+    im.core.chat_template_desc = from.empty() ? "model" : fmt::format("model ({})", from);
   }
   auto t = ChatTemplate::parse(src);
   if (!t) return Errf(t.error().code, "chat template of {}: {}", engine.model().name, t.error().message);
@@ -208,6 +216,8 @@ Result<int> HttpServer::bind() {
 void HttpServer::serve() { impl_->svr.listen_after_bind(); }
 
 bool HttpServer::stopping() const { return impl_->core.stopping.load(); }
+
+const std::string& HttpServer::chat_template() const { return impl_->core.chat_template_desc; }
 
 void HttpServer::stop() {
   std::lock_guard lk(impl_->stop_mu);

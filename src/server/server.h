@@ -39,6 +39,9 @@ struct ServerOptions {
   int retry_after_s = 1;
 };
 
+// What "chat_template" says when the model ships none and ChatML is used instead.
+extern const char* const kChatMlFallback;
+
 class HttpServer {
  public:
   // The engine must outlive the server. Parses the model's chat template once.
@@ -53,6 +56,9 @@ class HttpServer {
   // a final error event (the engine is shut down), then the listener stops. Idempotent.
   void stop();
   bool stopping() const;
+  // The chat template in use, as GET /v1/models reports it ("chat_template"): "model (SOURCE)"
+  // for the model's own, kChatMlFallback when the model has none.
+  const std::string& chat_template() const;
 
  private:
   HttpServer() = default;
