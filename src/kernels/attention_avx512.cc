@@ -122,21 +122,25 @@ inline __m512 exp512(__m512 x) {
 
 // Sums of 16 vectors, one per lane: a transpose-and-add tree (15 adds) instead of 16
 // horizontal reductions. The tree leaves the sums in a fixed shuffled lane order.
-inline __m512 reduce16_tree(const __m512 (&v)[16]) {
+__attribute__((always_inline)) inline __m512 reduce16_tree(const __m512 (&v)[16]) {
   __m512 s8[8], s4[4], s2[2];
+  // Unrolled so the partial sums stay in registers (GCC -O2 keeps loop arrays in memory).
+#pragma GCC unroll 8
   for (int k = 0; k < 8; ++k)
     s8[k] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * k], v[2 * k + 1], 0x44),
                           _mm512_shuffle_f32x4(v[2 * k], v[2 * k + 1], 0xEE));
+#pragma GCC unroll 4
   for (int k = 0; k < 4; ++k)
     s4[k] = _mm512_add_ps(_mm512_shuffle_f32x4(s8[2 * k], s8[2 * k + 1], 0x88),
                           _mm512_shuffle_f32x4(s8[2 * k], s8[2 * k + 1], 0xDD));
+#pragma GCC unroll 2
   for (int k = 0; k < 2; ++k)
     s2[k] = _mm512_add_ps(_mm512_shuffle_ps(s4[2 * k], s4[2 * k + 1], 0x44), _mm512_shuffle_ps(s4[2 * k], s4[2 * k + 1], 0xEE));
   return _mm512_add_ps(_mm512_shuffle_ps(s2[0], s2[1], 0x88), _mm512_shuffle_ps(s2[0], s2[1], 0xDD));
 }
 
 // out[k] = sum of the lanes of v[k], in key order.
-inline __m512 reduce16(const __m512 (&v)[16]) {
+__attribute__((always_inline)) inline __m512 reduce16(const __m512 (&v)[16]) {
   // Which input ends in which lane: run the tree once on one-hot inputs (powers of two sum
   // exactly) and invert.
   static const __m512i order = [] {
@@ -276,7 +280,17 @@ void attention_tile(const AttentionArgs& a, int64_t t0, int nt, int32_t kvh, flo
         __m512 q[NV];
         for (int i = 0; i < NV; ++i) q[i] = _mm512_loadu_ps(qh + g * d + 16 * i);
         __m512 acc[16];
-        if (nk == 16) {
+        if (nk == 16 && !kQ8 && contiguous16) {
+          // 16 consecutive slots: walk one pointer instead of looking up each key's address.
+          const float* pk = K.f32(slots[0]);
+          const int64_t step = K.row_stride / static_cast<int64_t>(sizeof(float));
+#pragma GCC unroll 16
+          for (int k = 0; k < 16; ++k, pk += step) {
+            acc[k] = _mm512_mul_ps(q[0], _mm512_loadu_ps(pk));
+#pragma GCC unroll 16
+            for (int i = 1; i < NV; ++i) acc[k] = _mm512_fmadd_ps(q[i], _mm512_loadu_ps(pk + 16 * i), acc[k]);
+          }
+        } else if (nk == 16) {
 #pragma GCC unroll 16
           for (int k = 0; k < 16; ++k) {
             acc[k] = _mm512_mul_ps(q[0], K.load(slots[k], 0));
