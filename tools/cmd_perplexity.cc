@@ -40,11 +40,9 @@ int run(const Args& a) {
   }
   Model model(m->weights);
   const int32_t V = model.config().n_vocab, bs = 16;
-  const DType kv_type = kv_type_from_name(a.kv_type).value_or(DType::F32);
-  if (auto st = KvCache::supported_type(model.config(), kv_type); !st.ok()) {
-    fmt::print(stderr, "error: {}\n", st.message);
-    return 1;
-  }
+  const auto kvt = kv_type_or_report(a.kv_type, model.config());
+  if (!kvt) return 1;
+  const DType kv_type = *kvt;
   KvCache kv(model.config(), (a.ctx + bs - 1) / bs, bs, kv_type);
   std::vector<int32_t> table(kv.n_blocks());
   for (int32_t i = 0; i < kv.n_blocks(); ++i) table[i] = i;
@@ -98,7 +96,7 @@ CommandRegistrar reg("perplexity", "Perplexity of a model over a text file (inde
   app.add_option("--limit-tokens", a->limit, "Use only the first N tokens of the text (0 = all)");
   app.add_option("-t,--threads", a->threads, "Threads (0 = all cores)");
   app.add_option("--precision", a->precision, "Matmul precision: f32 or bf16")->check(CLI::IsMember({"f32", "bf16"}));
-  app.add_option("--kv-type", a->kv_type, "KV cache storage: f32 or q8_0")->check(CLI::IsMember({"f32", "q8_0"}));
+  add_kv_type_option(app, a->kv_type, "KV cache storage");
   app.add_flag("--json", a->json, "Print {\"mean_nll\",\"ppl\",\"n_tokens\"}");
   return [a] { return run(*a); };
 });

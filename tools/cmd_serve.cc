@@ -42,6 +42,7 @@ struct ServeArgs {
   float draft_p_min = SpecOptions{}.draft_p_min;
   int draft_max_batch = SpecOptions{}.draft_max_batch;
   int max_queue = 0;
+  double lane_max_pause_ms = 500;
   double request_timeout_s = 0;
 };
 
@@ -91,7 +92,10 @@ int run_serve(const ServeArgs& a) {
   eo.ctx_size = a.ctx;
   eo.prefix_cache = !a.no_prefix_cache;
   eo.max_queue = a.max_queue;
-  eo.kv_type = kv_type_from_name(a.kv_type).value_or(DType::F32);
+  auto kvt = kv_type_or_report(a.kv_type, model->weights->config);
+  if (!kvt) return 1;
+  eo.kv_type = *kvt;
+  eo.lane_max_pause_ms = a.lane_max_pause_ms;
   if (!a.draft.empty()) {
     auto d = load_or_report(a.draft);
     if (!d) return 1;
@@ -167,10 +171,15 @@ const CommandRegistrar reg("serve", "OpenAI- and Anthropic-compatible HTTP serve
   app.add_option("--parallel", a->parallel, "Sequences decoded together")->check(CLI::Range(1, 4096));
   app.add_option("--ctx", a->ctx, "Context size per sequence (0: model's)")->check(CLI::Range(0, 1 << 24));
   app.add_option("--threads", a->threads, "Compute threads (0: all cores)")->check(CLI::Range(0, 4096));
-  app.add_option("--kv-type", a->kv_type, "KV cache storage: f32 or q8_0")->check(CLI::IsMember({"f32", "q8_0"}));
+  add_kv_type_option(app, a->kv_type, "KV cache storage");
   app.add_option("--max-body-bytes", a->max_body_bytes, "Largest request body accepted (413 beyond)");
   app.add_option("--http-threads", a->http_threads, "HTTP worker threads (0: max(64, 4 x parallel))");
   app.add_flag("--no-prefix-cache", a->no_prefix_cache, "Disable prefix caching");
+  app.add_option("--lane-max-pause-ms", a->lane_max_pause_ms,
+                 "While completion (FIM) requests keep arriving, chat and batch sequences wait at most this long "
+                 "before one step runs every lane together")
+      ->check(CLI::Range(0.0, 1e9))
+      ->capture_default_str();
   app.add_option("--max-queue", a->max_queue,
                  "Requests waiting for a slot, per priority lane, beyond which new ones get 429 (Anthropic: 529) "
                  "with Retry-After (0: unbounded)")
