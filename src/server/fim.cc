@@ -144,7 +144,7 @@ struct FimRun {
   FinishReason finish = FinishReason::kNone;
   std::string error;
   Usage usage;
-  double ttft_ms = 0, e2e_ms = 0;
+  double queue_ms = 0, ttft_ms = 0, e2e_ms = 0;
   bool truncated = false;  // the prompt builder cut prefix, suffix or extra context to fit
 
   // Applies one event; returns the text that may be sent now.
@@ -156,6 +156,7 @@ struct FimRun {
       finish = ev.finish;
       error = ev.error;
       usage = ev.usage;
+      queue_ms = ev.queue_ms;
       ttft_ms = ev.ttft_ms;
       e2e_ms = ev.e2e_ms;
       if (usage.completion_tokens == 0) usage.completion_tokens = static_cast<int32_t>(tokens.size());
@@ -307,7 +308,10 @@ json infill_final(const ServerCore& s, const FimRun& r, bool with_content) {
   const double pred_ms = std::max(0.0, r.e2e_ms - r.ttft_ms);
   const int32_t prompt_n = r.usage.prompt_tokens - r.usage.cached_tokens;
   const int32_t pred_n = r.usage.completion_tokens;
+  // queue_ms (Merlin's addition to llama.cpp's timings): arrival to the first engine step; it is
+  // part of prompt_ms, which runs from arrival to the first token.
   json timings = {{"cache_n", r.usage.cached_tokens},
+                  {"queue_ms", r.queue_ms},
                   {"prompt_n", prompt_n},
                   {"prompt_ms", prompt_ms},
                   {"prompt_per_token_ms", prompt_n > 0 ? prompt_ms / prompt_n : 0.0},
