@@ -63,7 +63,9 @@ TEST(Overload, BurstBeyondMaxQueueGets429WithRetryAfterAndAdmittedRequestsComple
   EXPECT_EQ(ok + limited, kClients);
   EXPECT_EQ(other, 0);
   EXPECT_GE(limited, 1) << "nothing was refused";
-  EXPECT_GE(ok, cfg.max_running + cfg.max_queue);
+  // The queue counts every request not yet admitted, so how many get in depends on how many
+  // the engine admits while the burst arrives: at least a full queue's worth.
+  EXPECT_GE(ok, cfg.max_queue);
 }
 
 TEST(Overload, AnthropicGets529OverloadedError) {
@@ -74,12 +76,24 @@ TEST(Overload, AnthropicGets529OverloadedError) {
   ASSERT_TRUE(srv);
   auto& m = srv->engine->metrics();
   // One running, one waiting: the lane's queue is full.
-  std::vector<std::thread> bg;
+  // Joined even when an assertion below returns early (after the server stops them).
+  struct Background {
+    TestServer* srv;
+    std::vector<std::thread> th;
+    ~Background() {
+      srv->server->stop();
+      for (auto& t : th) t.join();
+    }
+  } bg{srv.get(), {}};
   for (int i = 0; i < 2; ++i)
-    bg.emplace_back([&, i] {
+    bg.th.emplace_back([&, i] {
       auto c = srv->client();
-      (void)c.Post("/v1/messages",
-                   json{{"messages", {{{"role", "user"}, {"content", fmt::format("go {}", i)}}}}, {"max_tokens", 400}}
+      // Chat-lane requests that cannot stop early (ignore_eos, an OpenAI-side extension): the
+      // first must still run and the second wait when the Messages request comes.
+      (void)c.Post("/v1/chat/completions",
+                   json{{"messages", {{{"role", "user"}, {"content", fmt::format("go {}", i)}}}},
+                        {"max_tokens", 400},
+                        {"ignore_eos", true}}
                        .dump(),
                    "application/json");
     });
@@ -99,8 +113,6 @@ TEST(Overload, AnthropicGets529OverloadedError) {
   r = c.Post("/v1/completions", json{{"prompt", "x"}, {"max_tokens", 2}}.dump(), "application/json");
   ASSERT_TRUE(r);
   EXPECT_EQ(r->status, 200) << r->body;
-  srv->server->stop();
-  for (auto& t : bg) t.join();
 }
 
 class Timeout : public ::testing::Test {
