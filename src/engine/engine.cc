@@ -137,6 +137,14 @@ Result<std::unique_ptr<RequestStream>> Engine::submit(GenerationRequest req) {
       return Errf(Code::kOverloaded, "the {} queue is full ({} requests waiting)",
                   prio == 0 ? "completion" : prio == 1 ? "chat" : "batch", opt_.max_queue);
     impl_->queued[prio].fetch_add(1);
+    // Cancel-on-keystroke takes effect now, not at the next step: the step in progress stops
+    // at its next layer when everything in it has been superseded.
+    if (seq->req.supersede_same_client && !seq->req.client_id.empty()) {
+      for (auto& [id, w] : impl_->live)
+        if (auto sh = w.lock(); sh && sh->client_id == seq->req.client_id && id < stream->id_)
+          sh->cancelled.store(true);
+    }
+    stream->shared_->client_id = seq->req.client_id;
     impl_->live[stream->id_] = stream->shared_;
     impl_->inbox.push_back(std::move(seq));
   }

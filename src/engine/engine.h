@@ -102,6 +102,7 @@ class RequestStream {
     std::deque<StreamEvent> events;  // guarded by mu
     std::atomic<bool> cancelled{false};
     std::atomic<bool> finished{false};
+    std::string client_id;  // set at submit, for cancel-on-keystroke
   };
 
  private:

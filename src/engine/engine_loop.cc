@@ -223,7 +223,15 @@ void Engine::Impl::step(Engine& e) {
     for (auto& r : running) {
       Sequence& s = *r;
       if (s.req.priority > active || s.in_prefill() || s.n_uncomputed() != 1) continue;
-      s.spec_draft_now = s.spec.use_draft && n_decoding < s.spec.draft_max_batch;
+      // The draft has no prefix cache: before its first proposal it prefills the whole prompt.
+      // For a short answer to a long prompt (a FIM request: ~1,500 tokens in, 32 out) that
+      // costs more than speculation can save, so the draft sits out while its catch-up exceeds
+      // kDraftCatchUpPerToken tokens per token still to generate.
+      constexpr int64_t kDraftCatchUpPerToken = 8;
+      const int64_t catch_up = static_cast<int64_t>(s.tokens.size()) - (s.draft ? s.draft->n_computed : 0);
+      const int64_t to_go = std::max(0, s.req.max_tokens - s.n_generated);
+      s.spec_draft_now = s.spec.use_draft && n_decoding < s.spec.draft_max_batch &&
+                         catch_up <= kDraftCatchUpPerToken * to_go;
       if (!s.spec_draft_now && !s.spec.use_lookup) continue;
       const int32_t room = std::min(s.req.max_tokens - s.n_generated - 1,
                                     e.ctx_size_ - static_cast<int32_t>(s.tokens.size()) - 1);
@@ -381,7 +389,18 @@ void Engine::Impl::step(Engine& e) {
   logits.resize(static_cast<size_t>(n_logits) * V);
   ForwardOptions fo;
   fo.precision = opt.precision;
+  // A step whose every sequence has been cancelled meanwhile (a completion superseded by the
+  // next keystroke's) stops at the next layer, so the new request waits a layer, not a step.
+  fo.abort = [&plan] {
+    for (const auto& p : plan)
+      if (!p.s->cancelled()) return false;
+    return true;
+  };
   Status st = model->forward(*pool, batch, *kv, logits.data(), fo);
+  if (st.code == Code::kCancelled) {
+    m.aborted_steps++;
+    return;  // nothing is counted as computed; the next step reaps the cancelled sequences
+  }
   if (!st.ok()) {
     spdlog::error("forward pass failed: {}", st.message);
     for (auto& p : plan) {

@@ -71,6 +71,8 @@ std::string EngineMetrics::render_prometheus(const std::string& model) const {
   counter("merlin_preemptions_total", "Sequences preempted for lack of KV blocks", preemptions.load());
   counter("merlin_parked_total", "Lower-priority sequences parked (KV kept) to free a slot", parked.load());
   counter("merlin_engine_steps_total", "Forward passes of the engine loop", steps.load());
+  counter("merlin_aborted_steps_total", "Forward passes stopped early: every request in them was cancelled",
+          aborted_steps.load());
   counter("merlin_lane_yields_total", "Steps that ran lower lanes beside waiting completion requests", lane_yields.load());
   counter("merlin_spec_draft_tokens_total", "Speculative tokens proposed", spec_proposed.load());
   counter("merlin_spec_accepted_tokens_total", "Speculative tokens accepted", spec_accepted.load());

@@ -35,7 +35,8 @@ struct EngineMetrics {
   std::atomic<uint64_t> requests_finished{0}, requests_cancelled{0}, preemptions{0};
   std::atomic<uint64_t> parked{0};  // lower-priority sequences parked to free a slot for a higher one
   std::atomic<uint64_t> steps{0};   // forward passes of the engine loop
-  std::atomic<uint64_t> lane_yields{0};  // steps given to lower lanes so they do not starve
+  std::atomic<uint64_t> lane_yields{0};
+  std::atomic<uint64_t> aborted_steps{0};  // forward passes stopped because all their requests were cancelled  // steps given to lower lanes so they do not starve
   std::atomic<uint64_t> spec_proposed{0}, spec_accepted{0}, spec_target_passes{0};
   std::atomic<int64_t> running{0}, waiting{0};
   std::atomic<int64_t> kv_blocks_used{0}, kv_blocks_total{0}, kv_blocks_cached{0};

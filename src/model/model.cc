@@ -82,6 +82,7 @@ Status Model::forward(ThreadPool& pool, const StepBatch& b, KvCache& kv, float* 
   };
   // Norm weights and biases are small; converted once per call site (cheap relative to matmuls).
   for (int32_t l = 0; l < c.n_layer; ++l) {
+    if (opt.abort && opt.abort()) return Status{Code::kCancelled, "forward pass aborted"};
     const LayerWeights& L = w_->layers[l];
     const auto attn_norm = to_f32(L.attn_norm);
     pool.parallel_for(T, 1, [&](int64_t t0, int64_t t1) {

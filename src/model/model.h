@@ -2,6 +2,7 @@
 // more sequences. Prompt chunks, single decode tokens and speculative drafts are all the same
 // thing here: a sequence slice of n tokens appended after n_past cached ones.
 #pragma once
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -30,6 +31,9 @@ struct StepBatch {
 
 struct ForwardOptions {
   Precision precision = Precision::kF32;  // matmul precision for batches of >= 8 rows
+  // Checked before each layer: when it returns true the pass stops with Code::kCancelled and
+  // its KV rows are left unwritten or partly written (the caller does not count them).
+  std::function<bool()> abort;
 };
 
 class Model {

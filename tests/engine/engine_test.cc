@@ -358,3 +358,38 @@ TEST(Spec, SamplingDistributionMatchesTarget) {
 
 }  // namespace
 }  // namespace merlin
+
+namespace merlin {
+namespace {
+
+// The draft prefills a sequence's whole prompt before its first proposal (it has no prefix
+// cache), so it sits out a short answer to a long prompt (FIM) and still speculates on a
+// longer one; the greedy text is the same either way.
+TEST(Engine, DraftSitsOutShortAnswersToLongPrompts) {
+  EngineOptions o;
+  o.max_running = 4;
+  o.draft = draft_weights();
+  auto e = make_engine(o);
+  std::string longp;
+  for (int i = 0; i < 60; ++i) longp += "    value_" + std::to_string(i) + " = compute(value_" + std::to_string(i + 1) + ")\n";
+  const Ids prompt = target().tokenizer->encode(longp, false);
+  ASSERT_GT(prompt.size(), 400u);
+  auto s = e->submit(greedy(prompt, 16));  // catch-up > 8 x 16 tokens: no draft
+  ASSERT_TRUE(s.has_value());
+  const Ids fim_like = collect(**s).tokens;
+  EXPECT_EQ(e->metrics().spec_proposed.load(), 0u);
+  auto s2 = e->submit(greedy(Ids(prompt.begin(), prompt.begin() + 40), 64));  // short prompt: the draft proposes
+  ASSERT_TRUE(s2.has_value());
+  collect(**s2);
+  EXPECT_GT(e->metrics().spec_proposed.load(), 0u);
+  // Same text as without any speculation.
+  EngineOptions plain;
+  plain.max_running = 4;
+  auto ref = make_engine(plain);
+  auto r = ref->submit(greedy(prompt, 16));
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(collect(**r).tokens, fim_like);
+}
+
+}  // namespace
+}  // namespace merlin

@@ -214,5 +214,35 @@ TEST(Lane, WholeRequestTimeoutEndsTheRequest) {
   EXPECT_EQ(e->metrics().kv_blocks_used.load(), 0);
 }
 
+// Cancel-on-keystroke stops the superseded request's step in flight (at its next layer), and the
+// new request's output is what it would be alone.
+TEST(Lane, SupersedingRequestAbortsTheStepInFlight) {
+  EngineOptions o;
+  o.max_batch_tokens = 1024;  // one long prefill step to land in
+  o.ctx_size = 2048;
+  auto e = make_engine(o);
+  auto first = greedy(chat_prompt(0, 1000), 16, Priority::kCompletion);
+  first.client_id = "editor";
+  first.supersede_same_client = true;
+  auto second = greedy(chat_prompt(1, 300), 16, Priority::kCompletion);
+  second.client_id = "editor";
+  second.supersede_same_client = true;
+  const Ids alone = [&] {
+    auto s = e->submit(second);
+    EXPECT_TRUE(s.has_value());
+    return collect(**s).tokens;
+  }();
+  const uint64_t steps0 = e->metrics().steps.load();
+  auto a = e->submit(first);
+  ASSERT_TRUE(a.has_value());
+  // Its prefill step has started (steps counts a step when its forward pass begins).
+  while (e->metrics().steps.load() == steps0) std::this_thread::yield();
+  auto b = e->submit(second);
+  ASSERT_TRUE(b.has_value());
+  EXPECT_EQ(collect(**a).last.finish, FinishReason::kCancelled);
+  EXPECT_EQ(collect(**b).tokens, alone);
+  EXPECT_EQ(e->metrics().aborted_steps.load(), 1u);
+}
+
 }  // namespace
 }  // namespace merlin
