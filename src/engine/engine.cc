@@ -141,10 +141,12 @@ Result<std::unique_ptr<RequestStream>> Engine::submit(GenerationRequest req) {
     // at its next layer when everything in it has been superseded.
     if (seq->req.supersede_same_client && !seq->req.client_id.empty()) {
       for (auto& [id, w] : impl_->live)
-        if (auto sh = w.lock(); sh && sh->client_id == seq->req.client_id && id < stream->id_)
+        if (auto sh = w.lock(); sh && !sh->client_id.empty() && sh->client_id == seq->req.client_id && id < stream->id_)
           sh->cancelled.store(true);
     }
-    stream->shared_->client_id = seq->req.client_id;
+    // Only requests that opted in (editor completions) are superseded, never a chat or plain
+    // completion that happens to carry the same `user`.
+    if (seq->req.supersede_same_client) stream->shared_->client_id = seq->req.client_id;
     impl_->live[stream->id_] = stream->shared_;
     impl_->inbox.push_back(std::move(seq));
   }

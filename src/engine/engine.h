@@ -53,7 +53,7 @@ struct GenerationRequest {
   int32_t n_logprobs = -1;             // -1: none; 0: chosen token only; n: top n as well
   Priority priority = Priority::kChat;
   std::string client_id;               // cancel-on-keystroke: a new completion of the same
-  bool supersede_same_client = false;  //   client cancels its unfinished one when this is set
+  bool supersede_same_client = false;  //   client cancels its unfinished ones that also set this
   std::optional<double> time_budget_ms;  // stop generating after this long (FIM editors)
   // Whole-request limit from arrival (queueing included): past it the request ends with
   // FinishReason::kTimeout, whatever it has generated so far in its final event.
@@ -102,7 +102,7 @@ class RequestStream {
     std::deque<StreamEvent> events;  // guarded by mu
     std::atomic<bool> cancelled{false};
     std::atomic<bool> finished{false};
-    std::string client_id;  // set at submit, for cancel-on-keystroke
+    std::string client_id;  // set at submit for requests that may be superseded (else empty)
   };
 
  private:

@@ -9,35 +9,17 @@
 #include "../test_util.h"
 #include "engine/engine.h"
 #include "engine/spec.h"
+#include "engine_test_util.h"
 
 namespace merlin {
 namespace {
 
-LoadedModel& target() {
-  static LoadedModel m = [] {
-    auto r = load_model(test::model_dir("target"));
-    EXPECT_TRUE(r.has_value()) << (r ? "" : r.error().message);
-    return *r;
-  }();
-  return m;
-}
+using engine_test::make_engine;
+using engine_test::target;
+using engine_test::draft_weights;
 
-std::shared_ptr<const ModelWeights> draft_weights() {
-  static std::shared_ptr<const ModelWeights> w = [] {
-    auto r = load_hf_weights(test::model_dir("draft"));
-    EXPECT_TRUE(r.has_value());
-    return std::shared_ptr<const ModelWeights>(*r);
-  }();
-  return w;
-}
 
-std::unique_ptr<Engine> make_engine(EngineOptions o = {}) {
-  if (o.n_threads == 0) o.n_threads = 2;
-  if (o.ctx_size == 0) o.ctx_size = 1024;
-  auto e = Engine::create(target(), o);
-  EXPECT_TRUE(e.has_value()) << (e ? "" : e.error().message);
-  return std::move(*e);
-}
+
 
 struct Out {
   Ids tokens;
@@ -258,6 +240,23 @@ TEST(Engine, SupersedeSameClientCancelsOlder) {
   collect(**b);
 }
 
+// Cancel-on-keystroke touches only requests that opted in: a chat or plain completion carrying
+// the same client id runs to its end (the soak found plain completions answered 503).
+TEST(Engine, SupersedeSparesRequestsThatDidNotOptIn) {
+  auto e = make_engine();
+  auto plain = greedy(target().tokenizer->encode("def main():", false), 24);
+  plain.client_id = "editor-1";
+  auto a = e->submit(plain);
+  auto fim = greedy(target().tokenizer->encode("class Foo:", false), 8);
+  fim.client_id = "editor-1";
+  fim.supersede_same_client = true;
+  fim.priority = Priority::kCompletion;
+  auto b = e->submit(fim);
+  ASSERT_TRUE(a.has_value() && b.has_value());
+  EXPECT_EQ(collect(**a).last.finish, FinishReason::kLength);
+  EXPECT_EQ(collect(**b).last.finish, FinishReason::kLength);
+}
+
 TEST(Engine, StopStringsAndBadRequests) {
   auto e = make_engine();
   const auto& p = prompts()[0];
@@ -355,12 +354,6 @@ TEST(Spec, SamplingDistributionMatchesTarget) {
     EXPECT_LT(chi2, crit) << "position " << pos << ", dof " << dof;
   }
 }
-
-}  // namespace
-}  // namespace merlin
-
-namespace merlin {
-namespace {
 
 // The draft prefills a sequence's whole prompt before its first proposal (it has no prefix
 // cache), so it sits out a short answer to a long prompt (FIM) and still speculates on a

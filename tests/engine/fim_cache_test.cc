@@ -10,26 +10,15 @@
 
 #include "../test_util.h"
 #include "engine/engine.h"
+#include "engine_test_util.h"
 
 namespace merlin {
 namespace {
 
-LoadedModel& target() {
-  static LoadedModel m = [] {
-    auto r = load_model(test::model_dir("target"));
-    EXPECT_TRUE(r.has_value()) << (r ? "" : r.error().message);
-    return *r;
-  }();
-  return m;
-}
+using engine_test::make_engine;
+using engine_test::target;
 
-std::unique_ptr<Engine> make_engine(EngineOptions o) {
-  o.n_threads = 2;
-  o.ctx_size = 1024;
-  auto e = Engine::create(target(), o);
-  EXPECT_TRUE(e.has_value()) << (e ? "" : e.error().message);
-  return std::move(*e);
-}
+
 
 Ids psm(const std::string& prefix, const std::string& suffix) {
   const Tokenizer& tok = *target().tokenizer;
