@@ -129,16 +129,13 @@ void Engine::Impl::step(Engine& e) {
   // 2. The priority lane: while completion requests exist, only they are scheduled; the others
   // keep their KV blocks and resume afterwards.
   // A lower lane is never starved: once it has waited lane_max_pause_ms, one step takes every
-  // lane together (the completion requests still come first in it). In such a shared step the
-  // lower lanes decode freely (one row each) but their prompts get only kYieldPrefillTokens, so
-  // the completion beside them pays for little more than its own work.
+  // lane together (the completion requests still come first in it).
   Priority active = Priority::kBatch, lowest = Priority::kCompletion;
   for (auto* list : {&running, &waiting})
     for (auto& s : *list) {
       active = std::min(active, s->req.priority);
       lowest = std::max(lowest, s->req.priority);
     }
-  const Priority top = active;  // the highest lane with work
   if (lowest == active) {
     lower_since = {};
   } else if (lower_since == Clock::time_point{}) {
@@ -148,9 +145,6 @@ void Engine::Impl::step(Engine& e) {
     lower_since = now;
     m.lane_yields++;
   }
-  constexpr int32_t kYieldPrefillTokens = 32;
-  int32_t lower_prefill = kYieldPrefillTokens;
-  auto limited = [&](const Sequence& s) { return s.req.priority > top && s.in_prefill(); };
 
   std::sort(running.begin(), running.end(), [](auto& a, auto& b) {
     // Decoding sequences first (one token each), then prompt chunks; each group by priority.
@@ -257,22 +251,19 @@ void Engine::Impl::step(Engine& e) {
     if (s.req.priority > active) continue;
     if (std::find(preempted.begin(), preempted.end(), &s) != preempted.end()) continue;
     if (budget <= 0) break;
-    const bool lim = limited(s);
-    const int32_t b = lim ? std::min(budget, lower_prefill) : budget;
-    if (b <= 0) continue;
     Planned p;
     p.s = &s;
     auto it = std::find(spec_seqs.begin(), spec_seqs.end(), &s);
     if (it != spec_seqs.end()) p.prop = std::move(props[static_cast<size_t>(it - spec_seqs.begin())]);
-    const int32_t k = std::min<int32_t>(static_cast<int32_t>(p.prop.tokens.size()), std::max(0, b - 1));
+    const int32_t k = std::min<int32_t>(static_cast<int32_t>(p.prop.tokens.size()), std::max(0, budget - 1));
     p.prop.tokens.resize(k);
     if (!p.prop.q.empty()) p.prop.q.resize(k);
-    p.n_new = std::min(s.n_uncomputed(), b) + k;
+    p.n_new = std::min(s.n_uncomputed(), budget) + k;
     if (!ensure_blocks(s, s.n_computed + p.n_new, true)) {
       // Could not even preempt: shrink to what fits, or give up on this step.
       p.prop.tokens.clear();
       p.prop.q.clear();
-      p.n_new = std::min(s.n_uncomputed(), b);
+      p.n_new = std::min(s.n_uncomputed(), budget);
       if (!ensure_blocks(s, s.n_computed + p.n_new, false)) {
         if (running.size() == 1) {
           s.finish = FinishReason::kError;
@@ -283,8 +274,7 @@ void Engine::Impl::step(Engine& e) {
         continue;
       }
     }
-    p.sample = s.n_computed + std::min(s.n_uncomputed(), b) == static_cast<int32_t>(s.tokens.size());
-    if (lim) lower_prefill -= p.n_new;
+    p.sample = s.n_computed + std::min(s.n_uncomputed(), budget) == static_cast<int32_t>(s.tokens.size());
     budget -= p.n_new;
     plan.push_back(std::move(p));
   }
@@ -335,12 +325,9 @@ void Engine::Impl::step(Engine& e) {
         m.prompt_tokens += static_cast<uint64_t>(s.n_prompt);
       }
     }
-    const bool lim = limited(s);
-    const int32_t b = lim ? std::min(budget, lower_prefill) : budget;
-    if (b <= 0) break;
     Planned p;
     p.s = &s;
-    p.n_new = std::min(s.n_uncomputed(), b);
+    p.n_new = std::min(s.n_uncomputed(), budget);
     if (!ensure_blocks(s, s.n_computed + p.n_new, true)) {
       release_blocks(s);
       if (running.empty() && plan.empty()) {
@@ -356,7 +343,6 @@ void Engine::Impl::step(Engine& e) {
       m.queue_s.observe(secs(s.t_first_sched - s.t_arrival));
     }
     p.sample = s.n_computed + p.n_new == static_cast<int32_t>(s.tokens.size());
-    if (lim) lower_prefill -= p.n_new;
     budget -= p.n_new;
     plan.push_back(std::move(p));
     running.push_back(std::move(w));
