@@ -85,7 +85,9 @@ TEST(Overload, AnthropicGets529OverloadedError) {
       for (auto& t : th) t.join();
     }
   } bg{srv.get(), {}};
-  for (int i = 0; i < 2; ++i)
+  // One at a time: with max_queue 1, a second request sent before the engine admits the first
+  // would itself be refused.
+  for (int i = 0; i < 2; ++i) {
     bg.th.emplace_back([&, i] {
       auto c = srv->client();
       // Chat-lane requests that cannot stop early (ignore_eos, an OpenAI-side extension): the
@@ -97,8 +99,9 @@ TEST(Overload, AnthropicGets529OverloadedError) {
                        .dump(),
                    "application/json");
     });
-  for (int i = 0; i < 2000 && !(m.running.load() == 1 && m.waiting.load() == 1); ++i)
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    for (int k = 0; k < 2000 && !(m.running.load() == 1 && m.waiting.load() == i); ++k)
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
   ASSERT_EQ(m.waiting.load(), 1);
   auto c = srv->client();
   auto r = c.Post("/v1/messages", json{{"messages", {{{"role", "user"}, {"content", "hi"}}}}, {"max_tokens", 4}}.dump(),
