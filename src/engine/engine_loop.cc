@@ -41,13 +41,7 @@ void Engine::loop() {
       while (!I.inbox.empty()) {
         auto s = std::move(I.inbox.front());
         I.inbox.pop_front();
-        // Cancel-on-keystroke: a new completion from the same client supersedes its older ones.
-        if (s->req.supersede_same_client && !s->req.client_id.empty()) {
-          for (auto* list : {&I.running, &I.waiting})
-            for (auto& o : *list)
-              if (o->req.supersede_same_client && o->req.client_id == s->req.client_id && o->id < s->id)
-                o->out->cancelled.store(true);
-        }
+        // Cancel-on-keystroke already happened in Engine::submit.
         I.waiting.push_back(std::move(s));
       }
       stopping = I.stop;

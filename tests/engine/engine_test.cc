@@ -17,6 +17,7 @@ namespace {
 using engine_test::make_engine;
 using engine_test::target;
 using engine_test::draft_weights;
+using engine_test::greedy;
 
 
 
@@ -42,15 +43,6 @@ Out collect(RequestStream& s) {
       return o;
     }
   }
-}
-
-GenerationRequest greedy(const Ids& prompt, int n) {
-  GenerationRequest r;
-  r.prompt = prompt;
-  r.max_tokens = n;
-  r.ignore_eos = true;  // the reference does not stop at <|endoftext|>
-  r.sampling.temperature = 0;
-  return r;
 }
 
 const nlohmann::json& prompts() { return test::reference()["models"]["target"]["prompts"]; }

@@ -36,4 +36,15 @@ inline std::unique_ptr<Engine> make_engine(EngineOptions o = {}) {
   return std::move(*e);
 }
 
+// A greedy request that ignores end-of-generation tokens (the references do not stop there).
+inline GenerationRequest greedy(const Ids& prompt, int n, Priority prio = Priority::kChat) {
+  GenerationRequest r;
+  r.prompt = prompt;
+  r.max_tokens = n;
+  r.ignore_eos = true;
+  r.sampling.temperature = 0;
+  r.priority = prio;
+  return r;
+}
+
 }  // namespace merlin::engine_test

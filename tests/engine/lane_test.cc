@@ -19,13 +19,7 @@ using engine_test::target;
 
 
 GenerationRequest greedy(const std::string& text, int n, Priority prio) {
-  GenerationRequest r;
-  r.prompt = target().tokenizer->encode(text, false);
-  r.max_tokens = n;
-  r.ignore_eos = true;
-  r.sampling.temperature = 0;
-  r.priority = prio;
-  return r;
+  return engine_test::greedy(target().tokenizer->encode(text, false), n, prio);
 }
 
 struct Out {
